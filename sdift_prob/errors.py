@@ -1,0 +1,29 @@
+"""Exceptions raised on bad input, with messages that name the argument at fault."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SdiftError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class InputError(SdiftError, ValueError):
+    """An argument handed to a public function is not what was expected."""
+
+
+class FormatError(SdiftError, ValueError):
+    """A file is not one of ours, is corrupted, or comes from an incompatible version."""
+
+
+class NumericalError(SdiftError, FloatingPointError):
+    """A computation produced non-finite values or an ill-posed linear system."""
+
+
+def bad_input(argument: str, expected: str, got: Any) -> InputError:
+    """Build an `InputError` saying which argument was wrong, what was expected and what came."""
+    shown = repr(got)
+    if len(shown) > 200:
+        shown = shown[:200] + "..."
+    return InputError(f"{argument}: expected {expected}, got {shown}")
