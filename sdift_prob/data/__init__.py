@@ -1,0 +1,21 @@
+"""Data layer: field collections (`fields`), sparse observations (`observations`).
+
+The simulators live in `sdift_prob.data.simulate` and are imported from there on demand.
+"""
+
+from .fields import Normalizer as Normalizer
+from .fields import assign_split as assign_split
+from .fields import load_fields as load_fields
+from .fields import make_field_dataset as make_field_dataset
+from .fields import save_fields as save_fields
+from .fields import space_dims as space_dims
+from .fields import test_part as test_part
+from .fields import train_part as train_part
+from .fields import validate_field_dataset as validate_field_dataset
+from .observations import NOISE_MODELS as NOISE_MODELS
+from .observations import PATTERNS as PATTERNS
+from .observations import ObservationSet as ObservationSet
+from .observations import PaddedObservations as PaddedObservations
+from .observations import add_noise as add_noise
+from .observations import sample_observations as sample_observations
+from .observations import select_trajectory as select_trajectory

@@ -1,0 +1,223 @@
+"""Accuracy and calibration metrics (NumPy; JAX arrays are accepted and converted).
+
+Point accuracy: `vrmse` (as in The Well and the SDIFT paper), `rmse`, `mae`.
+Uncertainty: `crps_ensemble`, `interval_coverage`, `pit_values`. Report figures over test
+trajectories with `summarise`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import jax
+import numpy as np
+from jaxtyping import ArrayLike, Float
+
+from .errors import bad_input
+
+
+def _array(x: Any, argument: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # noqa: BLE001
+        raise bad_input(argument, "an array of numbers", type(x).__name__) from exc
+    if arr.dtype.kind not in "iuf":
+        raise bad_input(argument, "a numeric array", f"dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise bad_input(argument, "finite values only", f"{int(bad.sum())} NaN/inf entries of {arr.size}")
+    return arr
+
+
+def _pair(truth: Any, estimate: Any, batched: bool) -> tuple[np.ndarray, np.ndarray]:
+    u = _array(truth, "truth")
+    e = _array(estimate, "estimate")
+    if u.shape != e.shape:
+        raise bad_input("estimate", f"the shape of truth {u.shape}", f"shape {e.shape}")
+    if u.size == 0:
+        raise bad_input("truth", "at least one entry", f"shape {u.shape}")
+    if not isinstance(batched, bool):
+        raise bad_input("batched", "True or False", batched)
+    if batched and (u.ndim < 2 or u.shape[0] == 0 or u[0].size == 0):
+        raise bad_input("truth", "shape (B, ...) with B >= 1 and at least one entry per trajectory when "
+                        "batched=True", f"shape {u.shape}")
+    return u, e
+
+
+def _per_trajectory_mean(x: np.ndarray, batched: bool) -> np.ndarray | float:
+    if batched:
+        return x.reshape(x.shape[0], -1).mean(axis=1)
+    return float(x.mean())
+
+
+def vrmse(
+    truth: Float[ArrayLike, "*shape"],
+    estimate: Float[ArrayLike, "*shape"],
+    *,
+    eps: float = 1e-7,
+    batched: bool = False,
+) -> float | Float[np.ndarray, " B"]:
+    """Variance-scaled RMSE: `sqrt(mean((u - û)^2) / (mean((u - ū)^2) + eps))`.
+
+    Both means run over all space-time entries of one trajectory, and `ū` is that
+    trajectory's own mean, so predicting `ū` everywhere scores 1 (up to `eps`).
+
+    **Arguments:**
+
+    - `truth`, `estimate`: same shape; one trajectory `(T, ...)`, or `(B, T, ...)` with
+      `batched=True` (leading axis = trajectory). Physical units.
+    - `eps`: >= 0, guards constant fields.
+
+    **Returns:** a float, or `(B,)` per trajectory when `batched`.
+    """
+    u, e = _pair(truth, estimate, batched)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.number)) or not (eps >= 0):
+        raise bad_input("eps", "a number >= 0", eps)
+    if batched:
+        flat_u = u.reshape(u.shape[0], -1)
+        flat_e = e.reshape(e.shape[0], -1)
+        mse = ((flat_u - flat_e) ** 2).mean(axis=1)
+        var = ((flat_u - flat_u.mean(axis=1, keepdims=True)) ** 2).mean(axis=1)
+        return np.sqrt(mse / (var + eps))
+    mse = ((u - e) ** 2).mean()
+    var = ((u - u.mean()) ** 2).mean()
+    return float(np.sqrt(mse / (var + eps)))
+
+
+def rmse(
+    truth: Float[ArrayLike, "*shape"], estimate: Float[ArrayLike, "*shape"], *, batched: bool = False
+) -> float | Float[np.ndarray, " B"]:
+    """Root mean squared error over all entries (per trajectory `(B,)` when `batched`)."""
+    u, e = _pair(truth, estimate, batched)
+    out = np.sqrt(_per_trajectory_mean((u - e) ** 2, batched))
+    return out if batched else float(out)
+
+
+def mae(
+    truth: Float[ArrayLike, "*shape"], estimate: Float[ArrayLike, "*shape"], *, batched: bool = False
+) -> float | Float[np.ndarray, " B"]:
+    """Mean absolute error over all entries (per trajectory `(B,)` when `batched`)."""
+    u, e = _pair(truth, estimate, batched)
+    return _per_trajectory_mean(np.abs(u - e), batched)
+
+
+def _ensemble(truth: Any, draws: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = _array(truth, "truth")
+    x = _array(draws, "draws")
+    if x.ndim != y.ndim + 1 or x.shape[1:] != y.shape:
+        raise bad_input("draws", f"shape (S, *{y.shape}) — draws first, then the shape of truth",
+                        f"shape {x.shape}")
+    if x.shape[0] < 1 or y.size == 0:
+        raise bad_input("draws", "at least one draw and one entry", f"shape {x.shape}")
+    return y, x
+
+
+def crps_ensemble(
+    truth: Float[ArrayLike, "*shape"],
+    draws: Float[ArrayLike, "S *shape"],
+    *,
+    reduce: Literal["mean", "none"] = "mean",
+) -> float | Float[np.ndarray, "*shape"]:
+    """Continuous ranked probability score of an ensemble (lower is better).
+
+    Standard (not the "fair") energy form with the empirical distribution of the S draws:
+    `CRPS = E|X - y| - 0.5 E|X - X'|`, both expectations over the draws (the second over all
+    S^2 ordered pairs, including a draw with itself). With one draw it is `|x - y|`.
+
+    **Arguments:**
+
+    - `truth`: `(*shape)`; `draws`: `(S, *shape)`, draws axis first.
+    - `reduce`: `"mean"` -> the mean over entries (float), `"none"` -> per entry `(*shape)`.
+    """
+    y, x = _ensemble(truth, draws)
+    if reduce not in ("mean", "none"):
+        raise bad_input("reduce", "'mean' or 'none'", reduce)
+    s = x.shape[0]
+    spread_to_truth = np.abs(x - y).mean(axis=0)
+    # Sum over pairs |x_i - x_j| = 2 * sum_i (2i - s - 1) x_(i) for sorted draws (i = 1..s).
+    ranks = (2.0 * np.arange(1, s + 1) - s - 1).reshape((s,) + (1,) * y.ndim)
+    pair_mean = 2.0 * (ranks * np.sort(x, axis=0)).sum(axis=0) / s**2
+    crps = spread_to_truth - 0.5 * pair_mean
+    return float(crps.mean()) if reduce == "mean" else crps
+
+
+def _check_levels(levels: Any) -> tuple[float, ...]:
+    if isinstance(levels, (int, float, np.number)) and not isinstance(levels, bool):
+        levels = (levels,)
+    if not isinstance(levels, Sequence) or len(levels) == 0:
+        raise bad_input("levels", "a non-empty sequence of central interval levels in (0, 1)", levels)
+    out = []
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, (int, float, np.number)) or not 0 < level < 1:
+            raise bad_input("levels", "levels in the open interval (0, 1)", level)
+        out.append(float(level))
+    return tuple(out)
+
+
+def interval_coverage(
+    truth: Float[ArrayLike, "*shape"],
+    draws: Float[ArrayLike, "S *shape"],
+    levels: Sequence[float] = (0.5, 0.9),
+) -> Mapping[float, float]:
+    """Fraction of truth entries inside the central posterior intervals.
+
+    The interval of level `l` runs from the `(1 - l)/2` to the `(1 + l)/2` empirical quantile
+    of the draws (NumPy's default linear interpolation), ends included. A calibrated posterior
+    covers a fraction close to `l`.
+
+    **Arguments:** `truth (*shape)`, `draws (S, *shape)`, `levels` in (0, 1).
+
+    **Returns:** `{level: fraction}`.
+    """
+    y, x = _ensemble(truth, draws)
+    result: dict[float, float] = {}
+    for level in _check_levels(levels):
+        lo, hi = np.quantile(x, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        result[level] = float(((y >= lo) & (y <= hi)).mean())
+    return result
+
+
+def pit_values(
+    truth: Float[ArrayLike, "*shape"],
+    draws: Float[ArrayLike, "S *shape"],
+    *,
+    key: jax.Array | None = None,
+) -> Float[np.ndarray, "*shape"]:
+    """Randomised probability integral transform of each truth entry in its ensemble.
+
+    With `L = #{x_i < y}` and `E = #{x_i == y}` among S draws, the PIT is
+    `(L + U * (E + 1)) / (S + 1)`, `U ~ Uniform(0, 1)`: the rank of y among the S + 1 values,
+    spread uniformly over ties and within the rank bin. For a calibrated ensemble the values
+    are Uniform(0, 1) (a histogram should be flat).
+
+    **Arguments:** `truth (*shape)`, `draws (S, *shape)`; `key` typed PRNG key for U
+    (default `jax.random.key(0)`, so results are reproducible).
+
+    **Returns:** `(*shape)` values in [0, 1].
+    """
+    y, x = _ensemble(truth, draws)
+    if key is None:
+        key = jax.random.key(0)
+    if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)) \
+            or key.shape != ():
+        raise bad_input("key", "a single typed PRNG key from jax.random.key(seed)", key)
+    s = x.shape[0]
+    below = (x < y).sum(axis=0)
+    ties = (x == y).sum(axis=0)
+    u = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()).uniform(size=y.shape)
+    return (below + u * (ties + 1)) / (s + 1)
+
+
+def summarise(values: Float[ArrayLike, " n"], *, ddof: int = 0) -> tuple[float, float]:
+    """`(mean, std)` of per-trajectory figures (population std unless `ddof=1`)."""
+    v = _array(values, "values").ravel()
+    if isinstance(ddof, bool) or ddof not in (0, 1):
+        raise bad_input("ddof", "0 or 1", ddof)
+    if v.size <= ddof:
+        raise bad_input("values", f"more than {ddof} value(s)", f"{v.size}")
+    return float(v.mean()), float(v.std(ddof=ddof))
+
+
+__all__ = ["crps_ensemble", "interval_coverage", "mae", "pit_values", "rmse", "summarise", "vrmse"]

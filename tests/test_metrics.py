@@ -1,0 +1,135 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sdift_prob.errors import InputError
+from sdift_prob.metrics import crps_ensemble, interval_coverage, mae, pit_values, rmse, summarise, vrmse
+
+
+def test_vrmse_hand_values():
+    u = np.array([[1.0, 2.0], [3.0, 6.0]])  # mean 3, variance (4 + 1 + 0 + 9) / 4 = 3.5
+    e = np.array([[1.0, 2.0], [4.0, 4.0]])  # mse (0 + 0 + 1 + 4) / 4 = 1.25
+    assert vrmse(u, e, eps=0.0) == pytest.approx(np.sqrt(1.25 / 3.5), rel=1e-15)
+    assert vrmse(u, np.full_like(u, u.mean())) == pytest.approx(1.0, abs=1e-7)  # climatology scores 1
+    assert vrmse(u, u) == 0.0
+    assert vrmse(jnp.asarray(u), jnp.asarray(e), eps=0.0) == pytest.approx(np.sqrt(1.25 / 3.5), rel=1e-6)
+
+
+def test_vrmse_batched_uses_each_trajectorys_own_mean():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(3, 4, 5)) + np.array([0.0, 100.0, -50.0])[:, None, None]
+    e = u + rng.normal(size=u.shape) * 0.1
+    got = vrmse(u, e, batched=True)
+    assert got.shape == (3,)
+    for b in range(3):
+        assert got[b] == pytest.approx(vrmse(u[b], e[b]), rel=1e-14)
+    means = u.mean(axis=(1, 2), keepdims=True) * np.ones_like(u)
+    np.testing.assert_allclose(vrmse(u, means, batched=True), 1.0, atol=1e-6)
+    # Constant field: eps keeps it finite.
+    assert vrmse(np.ones((2, 2)), np.zeros((2, 2)), eps=1e-7) == pytest.approx(np.sqrt(1 / 1e-7))
+
+
+def test_rmse_mae():
+    u = np.array([[0.0, 0.0], [0.0, 0.0]])
+    e = np.array([[3.0, -4.0], [1.0, 1.0]])
+    assert rmse(u, e) == pytest.approx(np.sqrt((9 + 16 + 1 + 1) / 4))
+    assert mae(u, e) == pytest.approx((3 + 4 + 1 + 1) / 4)
+    np.testing.assert_allclose(rmse(u, e, batched=True), [np.sqrt(12.5), 1.0])
+    np.testing.assert_allclose(mae(u, e, batched=True), [3.5, 1.0])
+
+
+def test_crps_hand_values():
+    # Two members {0, 2}, truth 0.5: E|X - y| = (0.5 + 1.5)/2 = 1, E|X - X'| = (0+2+2+0)/4 = 1.
+    assert crps_ensemble(np.array(0.5), np.array([0.0, 2.0])) == pytest.approx(0.5)
+    # One member: CRPS is the absolute error.
+    assert crps_ensemble(np.array([1.0, -1.0]), np.array([[3.0, 0.0]])) == pytest.approx((2.0 + 1.0) / 2)
+    per = crps_ensemble(np.array([0.5, 5.0]), np.array([[0.0, 4.0], [2.0, 6.0], [1.0, 5.0]]), reduce="none")
+    # Entry 0: draws {0,2,1}, y=.5: E|X-y| = (.5+1.5+.5)/3; pairs sum = 2*(1+2+1) = 8 -> E|X-X'| = 8/9.
+    # Entry 1: draws {4,6,5}, y=5 -> the same spread, E|X-y| = 2/3.
+    np.testing.assert_allclose(per, [2.5 / 3 - 4 / 9, 2 / 3 - 4 / 9])
+
+
+def test_crps_matches_pairwise_definition():
+    rng = np.random.default_rng(1)
+    draws = rng.normal(size=(7, 3, 2))
+    y = rng.normal(size=(3, 2))
+    brute = np.abs(draws - y).mean(0) - 0.5 * np.abs(draws[:, None] - draws[None]).mean((0, 1))
+    np.testing.assert_allclose(crps_ensemble(y, draws, reduce="none"), brute, rtol=1e-12)
+
+
+def test_crps_of_calibrated_gaussian_matches_closed_form():
+    # CRPS of N(0, 1) at y = 0 is (sqrt(2) - 1)/sqrt(pi); large ensemble approaches it.
+    draws = np.random.default_rng(2).normal(size=(20_000, 1))
+    assert crps_ensemble(np.zeros(1), draws) == pytest.approx((np.sqrt(2) - 1) / np.sqrt(np.pi), abs=0.01)
+
+
+def test_interval_coverage_hand_values():
+    draws = np.arange(11.0)[:, None] * np.ones((1, 4))  # 0..10 at every entry
+    truth = np.array([5.0, 2.4, 8.0, 10.5])
+    # 50% interval: [2.5, 7.5]; 90%: [0.5, 9.5].
+    cov = interval_coverage(truth, draws, levels=(0.5, 0.9))
+    assert cov == {0.5: 0.25, 0.9: 0.75}
+    assert interval_coverage(truth, draws, levels=0.5) == {0.5: 0.25}
+
+
+def test_coverage_and_pit_of_calibrated_ensemble():
+    rng = np.random.default_rng(3)
+    mu = rng.normal(size=4000)
+    truth = mu + rng.normal(size=4000)
+    draws = mu + rng.normal(size=(200, 4000))
+    cov = interval_coverage(truth, draws, levels=(0.5, 0.9))
+    assert cov[0.5] == pytest.approx(0.5, abs=0.03) and cov[0.9] == pytest.approx(0.9, abs=0.02)
+    pit = pit_values(truth, draws, key=jax.random.key(0))
+    hist = np.histogram(pit, bins=10, range=(0, 1))[0] / pit.size
+    np.testing.assert_allclose(hist, 0.1, atol=0.025)
+
+
+def test_pit_hand_values_and_ties():
+    pit = pit_values(np.array([0.5, -1.0, 9.0]), np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), key=jax.random.key(1))
+    # Ranks: 0.5 is above one of {0, 1}: (1 + U)/3; -1 below both: U/3; 9 above both: (2 + U)/3.
+    assert 1 / 3 <= pit[0] <= 2 / 3 and 0 <= pit[1] <= 1 / 3 and 2 / 3 <= pit[2] <= 1
+    # Ties are spread uniformly over the tied ranks: truth equal to every draw -> Uniform(0, 1).
+    tied = pit_values(np.zeros(20_000), np.zeros((3, 20_000)), key=jax.random.key(2))
+    assert tied.mean() == pytest.approx(0.5, abs=0.01) and tied.min() >= 0 and tied.max() <= 1
+    np.testing.assert_allclose(np.histogram(tied, bins=4, range=(0, 1))[0] / tied.size, 0.25, atol=0.02)
+    # Reproducible by key.
+    a = pit_values(np.zeros(5), np.zeros((3, 5)), key=jax.random.key(4))
+    np.testing.assert_array_equal(a, pit_values(np.zeros(5), np.zeros((3, 5)), key=jax.random.key(4)))
+
+
+def test_summarise():
+    assert summarise([1.0, 2.0, 3.0, 6.0]) == pytest.approx((3.0, np.std([1, 2, 3, 6])))
+    assert summarise(np.array([1.0, 3.0]), ddof=1) == pytest.approx((2.0, np.sqrt(2.0)))
+    with pytest.raises(InputError, match="values"):
+        summarise([1.0], ddof=1)
+    with pytest.raises(InputError, match="values.*1 NaN"):
+        summarise([1.0, np.nan])
+
+
+@pytest.mark.parametrize("fn", [vrmse, rmse, mae])
+def test_point_metrics_reject(fn):
+    with pytest.raises(InputError, match=r"estimate: expected the shape of truth \(2, 2\)"):
+        fn(np.zeros((2, 2)), np.zeros((2, 3)))
+    with pytest.raises(InputError, match="truth.*1 NaN/inf"):
+        fn(np.array([[np.nan, 1.0]]), np.zeros((1, 2)))
+    with pytest.raises(InputError, match="estimate.*1 NaN/inf"):
+        fn(np.zeros((1, 2)), np.array([[np.inf, 1.0]]))
+    with pytest.raises(InputError, match="truth.*batched"):
+        fn(np.zeros(3), np.zeros(3), batched=True)
+
+
+def test_ensemble_metrics_reject():
+    for fn in (crps_ensemble, interval_coverage, pit_values):
+        with pytest.raises(InputError, match=r"draws: expected shape \(S, \*\(3,\)\)"):
+            fn(np.zeros(3), np.zeros((3, 4)))
+        with pytest.raises(InputError, match="draws.*1 NaN"):
+            fn(np.zeros(2), np.array([[0.0, np.nan]]))
+    with pytest.raises(InputError, match="levels"):
+        interval_coverage(np.zeros(2), np.zeros((3, 2)), levels=(0.5, 1.0))
+    with pytest.raises(InputError, match="reduce"):
+        crps_ensemble(np.zeros(2), np.zeros((3, 2)), reduce="sum")
+    with pytest.raises(InputError, match="key"):
+        pit_values(np.zeros(2), np.zeros((3, 2)), key=0)
+    with pytest.raises(InputError, match="eps"):
+        vrmse(np.zeros(2), np.zeros(2), eps=-1.0)
