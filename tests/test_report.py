@@ -1,0 +1,332 @@
+"""Tests of inference.report: InferenceData layout, netCDF round trip, NumPyro pieces, evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import arviz as az
+import jax
+import matplotlib
+import numpy as np
+import pytest
+import xarray as xr
+from scipy import stats
+
+from inference.report import (
+    coverage,
+    crps,
+    evaluate,
+    load_posterior,
+    observation_order,
+    pit,
+    pointwise_log_likelihood,
+    posterior_attrs,
+    posterior_mean,
+    posterior_predictive,
+    save_posterior,
+    to_inference_data,
+    vrmse_of_mean,
+)
+from models.observation import normalise_padded
+from sdift_prob.data.fields import Normalizer
+from sdift_prob.data.observations import ObservationSet
+from sdift_prob.errors import FormatError, InputError
+
+matplotlib.use("Agg")
+
+C, S = 2, 5
+RANKS = (2, 2)
+SPACE = ("lat", "lon")
+
+
+def features(coords: np.ndarray) -> np.ndarray:
+    """Design row of a point: a fixed feature map of its coordinates, D = 4."""
+    lat, lon = coords[..., 0], coords[..., 1]
+    return np.stack([np.ones_like(lat), lat, lon, lat * lon], axis=-1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    n = 11
+    # Deliberately unsorted in time, uneven counts per time stamp.
+    time = np.array([2.0, 0.0, 0.0, 1.0, 1.0, 2.0, 0.0, 2.0, 2.0, 0.0, 1.0])
+    obs = ObservationSet(
+        value=rng.normal(3.0, 1.0, size=n), time=time, coords=rng.uniform(size=(n, 2)), space_dims=SPACE,
+        noise_scale=0.2, noise_model="gaussian",
+    )
+    padded = obs.to_padded()
+    order = observation_order(obs)
+    design = features(padded.coords)
+    m = padded.times.size
+    cores = rng.normal(size=(C, S, m, *RANKS))
+    sigma = rng.uniform(0.3, 0.8, size=(C, S))
+    norm = Normalizer(mean=2.0, std=1.5)
+    return dict(obs=obs, padded=padded, order=order, design=design, cores=cores, sigma=sigma, norm=norm, rng=rng)
+
+
+def model_mean(setup) -> np.ndarray:
+    """(C, S, N) noise-free model value of each observation in normalised units, in obs order,
+    computed point by point from the ObservationSet (no padding involved)."""
+    obs, padded, cores = setup["obs"], setup["padded"], setup["cores"]
+    t_index = np.searchsorted(padded.times, obs.time)
+    rows = features(obs.coords)  # (N, D)
+    w = cores.reshape(C, S, cores.shape[2], -1)[:, :, t_index, :]  # (C, S, N, D)
+    return np.einsum("nd,csnd->csn", rows, w)
+
+
+@pytest.fixture(scope="module")
+def idata(setup):
+    rng = np.random.default_rng(1)
+    obs = setup["obs"]
+    field = rng.normal(size=(C, S, 4, 3, 5))
+    return to_inference_data(
+        core_draws=setup["cores"],
+        field_draws=field,
+        field_times=np.array([0.0, 0.5, 1.0, 1.5]),
+        field_coords={"lon": np.linspace(10, 11, 5), "lat": np.linspace(-1, 1, 3)},
+        space_dims=SPACE,
+        obs=obs,
+        y_rep=rng.normal(3.0, 1.0, size=(C, S, obs.n_points)),
+        log_lik=rng.normal(-1.0, 0.1, size=(C, S, obs.n_points)),
+        sigma_draws=setup["sigma"] * setup["norm"].std,
+        sample_stats={"wall_time": rng.uniform(size=(C, S)), "nan_flag": np.zeros((C, S), bool),
+                      "zeta": np.full((C, S), 0.01)},
+        attrs={"sampler": "mpdps", "settings": {"zeta": 0.01, "steps": [1, 2]}, "seed": 7, "deterministic": True,
+               "units": {"field": "m/s", "time": "days", "lat": "degrees_north"}, "note": None},
+        core_times=np.array([0.0, 1.0, 2.0]),
+    )
+
+
+# -- InferenceData layout ---------------------------------------------------------------------------
+def test_groups_dims_and_coords(idata, setup):
+    obs = setup["obs"]
+    assert set(idata.groups()) == {"posterior", "posterior_predictive", "observed_data", "log_likelihood",
+                                   "sample_stats"}
+    post = idata.posterior
+    assert post["cores"].dims == ("chain", "draw", "time_grid", "rank_1", "rank_2")
+    assert post["field"].dims == ("chain", "draw", "time", "lat", "lon")
+    assert post["sigma"].dims == ("chain", "draw")
+    np.testing.assert_array_equal(post["time"], [0.0, 0.5, 1.0, 1.5])
+    np.testing.assert_array_equal(post["lat"], np.linspace(-1, 1, 3))
+    np.testing.assert_array_equal(post["lon"], np.linspace(10, 11, 5))
+    np.testing.assert_array_equal(post["time_grid"], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(post["cores"].values, setup["cores"])
+    for group in ("posterior_predictive", "log_likelihood"):
+        assert idata[group]["y"].dims == ("chain", "draw", "obs_id")
+    od = idata.observed_data
+    assert od["y"].dims == ("obs_id",)
+    np.testing.assert_array_equal(od["y"].values, obs.value)
+    for group in ("posterior_predictive", "log_likelihood", "observed_data"):
+        ds = idata[group]
+        np.testing.assert_array_equal(ds["obs_id"], np.arange(obs.n_points))
+        np.testing.assert_array_equal(ds["obs_time"].values, obs.time)
+        np.testing.assert_array_equal(ds["obs_lat"].values, obs.coords[:, 0])
+        np.testing.assert_array_equal(ds["obs_lon"].values, obs.coords[:, 1])
+        assert ds["obs_time"].dims == ("obs_id",) and "obs_time" not in ds.dims
+    assert set(idata.sample_stats.data_vars) == {"wall_time", "nan_flag", "zeta"}
+    assert idata.sample_stats["wall_time"].dims == ("chain", "draw")
+    # Units from attrs["units"] land on variables and on the observation copies of coords.
+    assert post["field"].attrs["units"] == "m/s"
+    assert post["time"].attrs["units"] == "days"
+    assert idata.observed_data["obs_time"].attrs["units"] == "days"
+    assert idata.observed_data["obs_lat"].attrs["units"] == "degrees_north"
+
+
+def test_attrs_are_netcdf_safe_and_decodable(idata):
+    for group in idata.groups():
+        a = idata[group].attrs
+        assert a["inference_library"] == "sdift-prob"
+        assert a["sampler"] == "mpdps"
+        assert a["deterministic"] == 1 and not isinstance(a["deterministic"], bool)
+        assert json.loads(a["settings"]) == {"steps": [1, 2], "zeta": 0.01}
+    decoded = posterior_attrs(idata)
+    assert decoded["settings"] == {"steps": [1, 2], "zeta": 0.01}
+    assert decoded["note"] is None
+    assert decoded["units"]["lat"] == "degrees_north"
+
+
+def test_netcdf_round_trip(idata, tmp_path):
+    path = save_posterior(idata, tmp_path / "post.nc")
+    back = load_posterior(path)
+    assert set(back.groups()) == set(idata.groups())
+    for group in idata.groups():
+        xr.testing.assert_identical(back[group].drop_attrs(), idata[group].drop_attrs())
+        assert {k: v for k, v in back[group].attrs.items()} == pytest.approx(dict(idata[group].attrs))
+    assert posterior_attrs(back) == posterior_attrs(idata)
+    with pytest.raises(InputError, match="already exists"):
+        save_posterior(idata, path)
+    save_posterior(idata, path, overwrite=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_load_rejects_foreign_files(tmp_path):
+    text = tmp_path / "notes.nc"
+    text.write_text("not a netCDF file")
+    with pytest.raises(FormatError, match="not a readable"):
+        load_posterior(text)
+    foreign = az.from_dict(posterior={"a": np.zeros((1, 4))})
+    foreign.to_netcdf(str(tmp_path / "foreign.nc"), engine="h5netcdf")
+    with pytest.raises(FormatError, match="not an sdift-prob posterior"):
+        load_posterior(tmp_path / "foreign.nc")
+    with pytest.raises(InputError, match="not found"):
+        load_posterior(tmp_path / "missing.nc")
+
+
+# Random toy log-likelihoods give large Pareto k (a warning, as it should); arviz 0.23 still
+# uses a matplotlib call deprecated in 3.11.
+@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto:UserWarning")
+@pytest.mark.filterwarnings("ignore::matplotlib.MatplotlibDeprecationWarning")
+def test_arviz_summary_loo_and_plot_ppc(idata):
+    import matplotlib.pyplot as plt
+
+    summary = az.summary(idata, var_names=["sigma"], hdi_prob=0.9)
+    assert summary.loc["sigma", "mean"] == pytest.approx(float(idata.posterior["sigma"].mean()), abs=1e-3)
+    loo = az.loo(idata, pointwise=True)
+    assert loo.loo_i.dims == ("obs_id",) and loo.loo_i.size == idata.observed_data["y"].size
+    assert np.isfinite(loo.elpd_loo)
+    ax = az.plot_ppc(idata, num_pp_samples=4, random_seed=0)
+    assert len(np.atleast_1d(ax)) == 1
+    plt.close("all")
+
+
+# -- NumPyro pieces ---------------------------------------------------------------------------------
+def test_observation_order_matches_padding(setup):
+    obs, padded, order = setup["obs"], setup["padded"], setup["order"]
+    np.testing.assert_array_equal(order >= 0, padded.mask)
+    np.testing.assert_array_equal(padded.values[padded.mask][np.argsort(order[padded.mask])], obs.value)
+    np.testing.assert_array_equal(np.sort(order[padded.mask]), np.arange(obs.n_points))
+
+
+@pytest.mark.parametrize("inferred", [True, False])
+def test_pointwise_log_likelihood_closed_form(setup, inferred):
+    obs, norm = setup["obs"], setup["norm"]
+    mean = model_mean(setup)
+    if inferred:
+        padded = normalise_padded(setup["padded"], norm.mean, norm.std)
+        ll = pointwise_log_likelihood(setup["cores"], setup["design"], padded, setup["order"], "gaussian",
+                                      setup["sigma"], normalizer=norm)
+        expected = stats.norm.logpdf(obs.value, loc=norm.inverse(mean), scale=setup["sigma"][..., None] * norm.std)
+    else:
+        padded = setup["padded"]
+        ll = pointwise_log_likelihood(setup["cores"], setup["design"], padded, setup["order"], sigma=0.4)
+        expected = stats.norm.logpdf(obs.value, loc=mean, scale=0.4)
+    assert ll.shape == (C, S, obs.n_points)
+    np.testing.assert_allclose(ll, expected, rtol=2e-5, atol=2e-5)
+    chunked = pointwise_log_likelihood(setup["cores"], setup["design"], padded, setup["order"], "gaussian",
+                                       setup["sigma"] if inferred else None, sigma=None if inferred else 0.4,
+                                       normalizer=norm if inferred else None, batch_size=3)
+    np.testing.assert_array_equal(chunked, ll)
+
+
+def test_posterior_predictive_units_order_and_chunking(setup):
+    norm = setup["norm"]
+    padded = normalise_padded(setup["padded"], norm.mean, norm.std)
+    args = (setup["cores"], setup["design"], padded, setup["order"], "gaussian", setup["sigma"])
+    key = jax.random.key(3)
+    full = posterior_predictive(key, *args, normalizer=norm)
+    chunked = posterior_predictive(key, *args, normalizer=norm, batch_size=3)
+    assert full.shape == (C, S, setup["obs"].n_points)
+    np.testing.assert_array_equal(full, chunked)
+    assert not np.array_equal(full, posterior_predictive(jax.random.key(4), *args, normalizer=norm))
+    # The replicate is the physical model value plus noise of std sigma * norm.std: the standardised
+    # residuals over all draws and points are ~ N(0, 1) (here 110 values).
+    z = (full - norm.inverse(model_mean(setup))) / (setup["sigma"][..., None] * norm.std)
+    assert abs(z.mean()) < 4 / np.sqrt(z.size)
+    assert 0.7 < z.std() < 1.3
+
+
+def test_model_inputs_rejected(setup):
+    args = (setup["cores"], setup["design"], setup["padded"], setup["order"])
+    with pytest.raises(InputError, match="sigma"):
+        pointwise_log_likelihood(*args)  # neither sigma nor sigma_draws
+    with pytest.raises(InputError, match="obs_order"):
+        pointwise_log_likelihood(setup["cores"], setup["design"], setup["padded"], setup["order"][:, ::-1], sigma=1.0)
+    with pytest.raises(InputError, match="sigma_draws"):
+        pointwise_log_likelihood(*args, "gaussian", -setup["sigma"])
+    with pytest.raises(InputError, match="batch_size"):
+        pointwise_log_likelihood(*args, sigma=1.0, batch_size=0)
+    with pytest.raises(InputError, match="model_kwargs"):
+        pointwise_log_likelihood(*args, sigma=1.0, validate=False)
+    with pytest.raises(InputError, match="key"):
+        posterior_predictive(0, *args, sigma=1.0)
+    diverged = setup["cores"].copy()
+    diverged[1, 2, 0] = np.nan
+    with pytest.raises(InputError, match="core_draws.*1 of 10 draws"):
+        pointwise_log_likelihood(diverged, *args[1:], sigma=1.0)
+
+
+def test_to_inference_data_rejects_bad_input(setup, idata):
+    obs = setup["obs"]
+    base = dict(
+        core_draws=setup["cores"], field_draws=np.zeros((C, S, 2, 3, 4)), field_times=[0.0, 1.0],
+        field_coords={"lat": np.arange(3.0), "lon": np.arange(4.0)}, space_dims=SPACE, obs=obs,
+        y_rep=np.zeros((C, S, obs.n_points)), log_lik=np.zeros((C, S, obs.n_points)),
+    )
+    to_inference_data(**base)  # the base case is valid
+    bad = [
+        ({"field_draws": np.zeros((C + 1, S, 2, 3, 4))}, "field_draws"),
+        ({"field_coords": {"lat": np.arange(3.0)}}, "field_coords"),
+        ({"field_coords": {"lat": np.arange(3.0), "lon": np.arange(5.0)}}, "field_coords"),
+        ({"y_rep": np.zeros((C, S, obs.n_points - 1))}, "y_rep"),
+        ({"space_dims": ("x", "y"), "field_coords": {"x": np.arange(3.0), "y": np.arange(4.0)}}, "obs"),
+        ({"sample_stats": {"wall": np.zeros(C)}}, "sample_stats"),
+        ({"attrs": {"model": object()}}, "attrs"),
+        ({"attrs": {"inference_library": "other"}}, "attrs"),
+    ]
+    for change, name in bad:
+        with pytest.raises(InputError, match=name):
+            to_inference_data(**{**base, **change})
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(setup):
+    """One time stamp, two points; draws [0, 1, 2, 3] and [0, 0, 0, 4], split over 2 chains."""
+    obs = setup["obs"]
+    draws = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 4.0]])  # (S=4, x=2)
+    field = draws.reshape(2, 2, 1, 1, 2)
+    idata = to_inference_data(
+        core_draws=np.zeros((2, 2, 1, 1, 1)), field_draws=field, field_times=[5.0],
+        field_coords={"lat": [0.0], "lon": [0.0, 1.0]}, space_dims=SPACE, obs=obs,
+        y_rep=np.zeros((2, 2, obs.n_points)), log_lik=np.zeros((2, 2, obs.n_points)),
+    )
+    truth = np.array([1.5, 3.0]).reshape(1, 1, 2)
+    return idata, truth
+
+
+def test_evaluate_matches_hand_computation(tiny):
+    idata, truth = tiny
+    # mean = [1.5, 1.0]; errors [0, 2]; truth mean 2.25, variance 0.5625.
+    # CRPS: point 0: E|X-y| = 1, E|X-X'| = 20/16 -> 0.375; point 1: 2.5 - 0.5 * 24/16 = 1.75.
+    # 50% interval (linear quantiles): [0.75, 2.25] and [0, 1] -> 1 of 2 covered;
+    # 90%: [0.15, 2.85] and [0, 3.4] -> both covered.
+    expected = {"vrmse": np.sqrt(2.0 / 0.5625), "rmse": np.sqrt(2.0), "coverage_50": 0.5, "coverage_90": 1.0,
+                "crps": (0.375 + 1.75) / 2}
+    got = evaluate(idata, truth)
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-6), name
+    assert vrmse_of_mean(idata, truth) == pytest.approx(expected["vrmse"], rel=1e-6)
+    assert crps(idata, truth) == pytest.approx(expected["crps"])
+    assert coverage(idata, truth, levels=(0.5, 0.9)) == {0.5: 0.5, 0.9: 1.0}
+    mean = posterior_mean(idata)
+    assert mean.dims == ("time", "lat", "lon")
+    np.testing.assert_allclose(mean.values.ravel(), [1.5, 1.0])
+    p = pit(idata, truth, key=jax.random.key(0))
+    assert p.dims == ("time", "lat", "lon")
+    # Two draws below 1.5 and three below 3 among 4 draws: PIT in [2/5, 3/5] and [3/5, 4/5].
+    assert 0.4 <= float(p[0, 0, 0]) <= 0.6 and 0.6 <= float(p[0, 0, 1]) <= 0.8
+
+
+def test_truth_checked_against_field(tiny):
+    idata, truth = tiny
+    as_da = xr.DataArray(truth[0].T, dims=("lon", "lat"), coords={"lon": [0.0, 1.0], "lat": [0.0]}).expand_dims(
+        time=[5.0])
+    assert evaluate(idata, as_da) == evaluate(idata, truth)  # transposed DataArray is aligned by name
+    with pytest.raises(InputError, match="truth"):
+        evaluate(idata, truth[..., :1])
+    with pytest.raises(InputError, match="coords"):
+        evaluate(idata, as_da.assign_coords(lon=[0.0, 2.0]))
+    with pytest.raises(InputError, match="idata"):
+        evaluate(az.from_dict(posterior={"a": np.zeros((1, 4))}), truth)
