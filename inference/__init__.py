@@ -1,0 +1,9 @@
+from .guided import GuidedConfig as GuidedConfig
+from .guided import GuidedInfo as GuidedInfo
+from .guided import GuidedProblem as GuidedProblem
+from .guided import GuidedState as GuidedState
+from .guided import mpdps_gradient as mpdps_gradient
+from .guided import sample_posterior as sample_posterior
+from .guided import union_times as union_times
+from .noise import sigma_posterior_nuts as sigma_posterior_nuts
+from .noise import update_sigma as update_sigma
