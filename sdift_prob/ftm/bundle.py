@@ -1,0 +1,162 @@
+"""Saving and loading a fitted FTM as the `"ftm"` section of a run directory.
+
+Files: `ftm.eqx` (the networks' leaves, `eqx.tree_serialise_leaves`) and `cores.npz`
+(`cores (B, T, R..)`, `times (T,)`, `trajectory_ids (B,)`, `grid_<k> (I_k,)`). The manifest
+section holds the config, ranks, space dims, domain, normaliser and time domain, from which
+`load_run` rebuilds the network skeleton (`eqx.filter_eval_shape`) before reading the leaves.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..data.fields import Normalizer
+from ..errors import FormatError, InputError, bad_input
+from ..run import add_artifact, new_run, section_files, section_info
+from .fit import FTMConfig, FTMFit
+from .tucker import FunctionalTucker
+
+FTM_SECTION = "ftm"
+FTM_FORMAT_VERSION = 1
+MODEL_FILE = "ftm.eqx"
+CORES_FILE = "cores.npz"
+
+
+def _model_skeleton(info: dict[str, Any], config: FTMConfig) -> FunctionalTucker:
+    return eqx.filter_eval_shape(
+        FunctionalTucker,
+        tuple(info["ranks"]),
+        domain_lo=tuple(info["domain_lo"]),
+        domain_hi=tuple(info["domain_hi"]),
+        space_dims=tuple(info["space_dims"]),
+        width=config.width,
+        depth=config.depth,
+        omega=config.omega,
+        margin=float(info["margin"]),
+        key=jax.random.key(0),
+    )
+
+
+def save_run(
+    run_dir: str | os.PathLike, fit: FTMFit, *, overwrite: bool = False, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write a fitted FTM to a new run directory.
+
+    **Arguments:**
+
+    - `run_dir`: the folder to create (its parent must exist).
+    - `fit`: the `FTMFit` returned by `fit_ftm`.
+    - `overwrite`: replace an existing run directory (and everything in it, e.g. a prior
+      trained on the old cores).
+    - `extra`: optional JSON-serialisable provenance (seed, data file, fit summary) stored
+      in the section info under `"extra"`.
+
+    **Returns:** the run directory's path.
+    """
+    if not isinstance(fit, FTMFit):
+        raise bad_input("fit", "an FTMFit (from fit_ftm)", type(fit).__name__)
+    if extra is not None and not isinstance(extra, dict):
+        raise bad_input("extra", "None or a JSON-serialisable dict", extra)
+    target = Path(run_dir)
+    if target.exists() and not overwrite:
+        raise bad_input("run_dir", "a path that does not exist yet (or overwrite=True / --overwrite)", str(target))
+    model = fit.model
+    cores = np.asarray(fit.cores, dtype=np.float32)
+    ids = np.asarray(fit.trajectory_ids)
+    if ids.dtype == object:
+        ids = ids.astype(str)
+
+    def write_model(path: Path) -> None:
+        with open(path, "wb") as fh:
+            eqx.tree_serialise_leaves(fh, model)
+
+    def write_cores(path: Path) -> None:
+        arrays = {"cores": cores, "times": np.asarray(fit.times, dtype=np.float64), "trajectory_ids": ids}
+        for k, g in enumerate(fit.grids):
+            arrays[f"grid_{k}"] = np.asarray(g, dtype=np.float64)
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    info = {
+        "ftm_format": FTM_FORMAT_VERSION,
+        "config": fit.config.to_dict(),
+        "ranks": list(model.ranks),
+        "space_dims": list(model.space_dims),
+        "domain_lo": list(model.domain_lo),
+        "domain_hi": list(model.domain_hi),
+        "margin": model.margin,
+        "normalizer": fit.normalizer.to_dict(),
+        "time_domain": [float(fit.time_domain[0]), float(fit.time_domain[1])],
+        "n_trajectories": int(cores.shape[0]),
+        "n_times": int(cores.shape[1]),
+        "cores_shape": list(cores.shape),
+        "extra": {} if extra is None else extra,
+    }
+    # the whole run is built aside and renamed into place, so a failed save changes nothing
+    with new_run(target, overwrite=overwrite) as tmp:
+        add_artifact(tmp, FTM_SECTION, {MODEL_FILE: write_model, CORES_FILE: write_cores}, info)
+    return target
+
+
+def load_run(run_dir: str | os.PathLike) -> FTMFit:
+    """Load the fitted FTM of a run directory (checksums verified).
+
+    Raises `FormatError` when the directory is not a run, has no `"ftm"` section, was written
+    by an incompatible version, or a file is missing, altered or unreadable.
+    """
+    root = Path(run_dir)
+    info = section_info(root, FTM_SECTION, verify=True)
+    files = section_files(root, FTM_SECTION, verify=False)
+    found = info.get("ftm_format")
+    if found != FTM_FORMAT_VERSION:
+        raise FormatError(
+            f"{root}: the 'ftm' section has format {found!r}; this version of sdift-prob reads "
+            f"format {FTM_FORMAT_VERSION}"
+        )
+    for name in (MODEL_FILE, CORES_FILE):
+        if name not in files:
+            raise FormatError(f"{root}: the 'ftm' section does not list {name!r}")
+    try:
+        config = FTMConfig.from_dict(info["config"])
+        normalizer = Normalizer.from_dict(info["normalizer"])
+        skeleton = _model_skeleton(info, config)
+        t0, t1 = (float(v) for v in info["time_domain"])
+    except (KeyError, TypeError, ValueError, InputError) as exc:
+        raise FormatError(f"{root / 'manifest.json'}: the 'ftm' section is incomplete or invalid ({exc})") from exc
+    try:
+        with open(files[MODEL_FILE], "rb") as fh:
+            model = eqx.tree_deserialise_leaves(fh, skeleton)
+    except Exception as exc:  # noqa: BLE001 - equinox/numpy raise several types on a mismatch
+        raise FormatError(f"{files[MODEL_FILE]}: cannot read the networks ({type(exc).__name__}: {exc})") from exc
+    try:
+        with open(files[CORES_FILE], "rb") as fh, np.load(io.BytesIO(fh.read()), allow_pickle=False) as npz:
+            cores = np.asarray(npz["cores"])
+            times = np.asarray(npz["times"])
+            ids = np.asarray(npz["trajectory_ids"])
+            grids = tuple(np.asarray(npz[f"grid_{k}"]) for k in range(len(model.ranks)))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise FormatError(f"{files[CORES_FILE]}: cannot read the cores ({type(exc).__name__}: {exc})") from exc
+    if cores.shape[2:] != model.ranks or cores.shape[1] != times.shape[0] or ids.shape != (cores.shape[0],):
+        raise FormatError(
+            f"{files[CORES_FILE]}: shapes do not match the manifest (cores {cores.shape}, times {times.shape}, "
+            f"ranks {model.ranks})"
+        )
+    return FTMFit(
+        model=model,
+        cores=jnp.asarray(cores),
+        times=times,
+        normalizer=normalizer,
+        time_domain=(t0, t1),
+        trajectory_ids=ids,
+        config=config,
+        grids=grids,
+    )

@@ -1,0 +1,485 @@
+"""Fitting the Functional Tucker Model: shared coordinate networks + free per-trajectory cores.
+
+The objective (in normalised field units) is
+
+    L = mean over observed training entries of (y - decode(W))^2 + beta_tv * mean_b TV(W_b),
+    TV(W_b) = sum_t ||W_{b,t+1} - W_{b,t}||_2            (Frobenius norm over the core),
+
+minimised with optax over minibatches of trajectories (an auto-decoder: the cores are free
+parameters, the networks are shared). Early stopping watches a held-out fraction of entries
+of the same trajectories, which catches the cores memorising the training mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time as _time
+from collections.abc import Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+from jax import lax
+from jaxtyping import Array, Float, PRNGKeyArray
+from tqdm.auto import tqdm
+
+from ..data.fields import Normalizer, space_dims, validate_field_dataset
+from ..errors import NumericalError, bad_input
+from .tucker import FunctionalTucker, _decode_grid, check_ranks, decode_grid
+
+
+@dataclasses.dataclass(frozen=True)
+class FTMConfig:
+    """Settings of `fit_ftm` (defaults tuned on the default ocean and fluid2d datasets).
+
+    - `ranks`: optional; when given it must equal the `ranks` argument of `fit_ftm` (the
+      stored config always carries the ranks used).
+    - `width`, `depth`, `omega`: coordinate network size and sine frequency.
+    - `lr`: peak learning rate of the networks (AdamW with `weight_decay`).
+    - `lr_cores`: peak learning rate of the cores (Adam per trajectory; the cores need a
+      larger step than the networks).
+    - `warmup`: linear warm-up in optimiser steps, then cosine decay to 1% of the peak.
+    - `epochs`: passes over the trajectories; `steps`, when set, replaces it (rounded up to
+      whole epochs).
+    - `batch_trajectories`: trajectories per minibatch (capped at the number available).
+    - `beta_tv`: weight of the TV term. The data term is a mean squared error in normalised
+      units (order 1 at the start) and TV is averaged over the trajectories of a batch, so
+      `beta_tv` is the weight of one trajectory's total core variation relative to the
+      per-entry squared error; the reference's 1e-7 multiplies a sum over a batch of raw
+      cores and is not comparable. On the default datasets 1e-4 and 0 fit equally well
+      (within noise) while 1e-2 already costs accuracy on the fast-changing fluid2d field.
+    - `core_init_scale`: std of the normal initial cores (small: the fit starts from the mean).
+    - `train_fraction`: fraction of the entries that are not held out used for training
+      (1.0: all; 0.1 reproduces the reference's 10% mask).
+    - `holdout_fraction`: fraction of all entries held out for early stopping (0 disables it).
+    - `eval_every`: epochs between held-out evaluations; `patience`: evaluations without
+      improvement before stopping (the best parameters are kept).
+    - `margin`: allowed extrapolation of coordinates, as a fraction of the domain width.
+    """
+
+    ranks: tuple[int, ...] | None = None
+    width: int = 64
+    depth: int = 2
+    omega: float = 20.0
+    lr: float = 2e-3
+    lr_cores: float = 0.2
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    epochs: int = 400
+    steps: int | None = None
+    batch_trajectories: int = 16
+    beta_tv: float = 1e-4
+    core_init_scale: float = 1e-2
+    train_fraction: float = 1.0
+    holdout_fraction: float = 0.05
+    eval_every: int = 5
+    patience: int = 10
+    margin: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.ranks is not None:
+            if isinstance(self.ranks, (str, bytes)) or not isinstance(self.ranks, Sequence):
+                raise bad_input("ranks", "None or a sequence of positive integers", self.ranks)
+            object.__setattr__(self, "ranks", check_ranks(self.ranks, len(self.ranks)))
+        for name in ("width", "depth", "epochs", "batch_trajectories", "eval_every", "patience"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("warmup", self.warmup, minimum=0)
+        if self.steps is not None:
+            _check_int("steps", self.steps, minimum=1)
+        for name in ("omega", "lr", "lr_cores"):
+            _check_float(name, getattr(self, name), lo=0.0, lo_open=True)
+        for name in ("weight_decay", "beta_tv", "core_init_scale", "margin"):
+            _check_float(name, getattr(self, name), lo=0.0)
+        _check_float("train_fraction", self.train_fraction, lo=0.0, lo_open=True, hi=1.0)
+        _check_float("holdout_fraction", self.holdout_fraction, lo=0.0, hi=1.0, hi_open=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (ranks as a list)."""
+        d = dataclasses.asdict(self)
+        if d["ranks"] is not None:
+            d["ranks"] = list(d["ranks"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FTMConfig:
+        """Inverse of `to_dict`; unknown keys are an `InputError`."""
+        if not isinstance(d, dict):
+            raise bad_input("d", "a dict of FTMConfig fields", d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise bad_input("d", f"only FTMConfig fields {sorted(known)}", f"unknown keys {unknown}")
+        kw = dict(d)
+        if kw.get("ranks") is not None:
+            kw["ranks"] = tuple(kw["ranks"])
+        return cls(**kw)
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise bad_input(name, f"an integer >= {minimum}", value)
+
+
+def _check_float(
+    name: str, value: object, *, lo: float, lo_open: bool = False, hi: float = math.inf, hi_open: bool = False
+) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        lb = "(" if lo_open else "["
+        ub = ")" if hi_open else "]"
+        raise bad_input(name, f"a number in {lb}{lo:g}, {hi:g}{ub}", value)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FTMFit:
+    """A fitted Functional Tucker Model of a set of training trajectories.
+
+    - `model`: the `FunctionalTucker` (shared networks).
+    - `cores`: `(B, T, R_1, ..., R_K)` core sequences (float32), in normalised field units.
+    - `times`: `(T,)` physical time stamps of the training grid.
+    - `normalizer`: field normalisation (physical -> normalised).
+    - `time_domain`: `(t0, t1)`, physical; normalised time is `(t - t0) / (t1 - t0)`.
+    - `trajectory_ids`: `(B,)` the `trajectory` coordinate of the fitted trajectories.
+    - `config`: the `FTMConfig` used (with `ranks` set).
+    - `grids`: K arrays, the physical coordinates of the training grid per space dim.
+    """
+
+    model: FunctionalTucker
+    cores: Float[Array, "B T *ranks"]
+    times: np.ndarray
+    normalizer: Normalizer
+    time_domain: tuple[float, float]
+    trajectory_ids: np.ndarray
+    config: FTMConfig
+    grids: tuple[np.ndarray, ...]
+
+    def normalised_times(self) -> np.ndarray:
+        """`(T,)` training time stamps mapped to `[0, 1]`."""
+        t0, t1 = self.time_domain
+        if t1 == t0:
+            return np.zeros_like(self.times)
+        return (self.times - t0) / (t1 - t0)
+
+    def decode(self, grids: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Decoded fields of all fitted trajectories in physical units.
+
+        **Arguments:**
+
+        - `grids`: K coordinate arrays (default: the training grid).
+
+        **Returns:** `(B, T, I_1, ..., I_K)` float32 NumPy array.
+        """
+        g = self.grids if grids is None else grids
+        out = decode_grid(self.model, self.cores, g)
+        return np.asarray(self.normalizer.inverse(np.asarray(out)), dtype=np.float32)
+
+
+def _check_key(key: object) -> None:
+    if not (
+        isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
+    ):
+        raise bad_input("key", "a single typed PRNG key from jax.random.key(seed)", key)
+
+
+def _numpy_rng(key: PRNGKeyArray) -> np.random.Generator:
+    """A NumPy generator seeded by a typed key's data: deterministic in the key, and it avoids
+    compiling a random kernel for every array shape."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).reshape(-1).tolist())
+
+
+def _masks(key: PRNGKeyArray, shape: tuple[int, ...], train_fraction: float, holdout_fraction: float):
+    u = _numpy_rng(key).random(shape)
+    holdout = u < holdout_fraction
+    # the training entries are a fraction of those not held out, so the two never overlap
+    train = (u >= holdout_fraction) & (u < holdout_fraction + train_fraction * (1.0 - holdout_fraction))
+    return train, holdout
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizers(
+    lr: float, lr_cores: float, weight_decay: float, warmup: int, total_steps: int, steps_per_epoch: int, epochs: int
+) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """AdamW for the networks (schedule in steps), Adam per trajectory for the cores.
+
+    Cached so that fits with equal settings hand `_run_epoch` the same (hashable, static)
+    optimiser objects and reuse its compiled code.
+    """
+    sched_nets = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), lr * 1e-2)
+    # each core counts its own visits (one per epoch), so its schedule runs in epochs
+    warmup_visits = min(-(-warmup // steps_per_epoch), epochs // 2)
+    sched_cores = optax.warmup_cosine_decay_schedule(
+        0.0, lr_cores, warmup_visits, max(epochs, warmup_visits + 1), lr_cores * 1e-2
+    )
+    return optax.adamw(sched_nets, weight_decay=weight_decay), optax.adam(sched_cores)
+
+
+def _tv(cores: Float[Array, "b T *r"]) -> Float[Array, " b"]:
+    diff = (cores[:, 1:] - cores[:, :-1]).reshape(cores.shape[0], cores.shape[1] - 1, -1)
+    # the small constant keeps the gradient of the norm finite where a step is exactly zero
+    return jnp.sum(jnp.sqrt(jnp.sum(diff**2, axis=-1) + 1e-12), axis=-1)
+
+
+def _loss(params, grids, y, mask, beta_tv):
+    model, cores = params
+    pred = _decode_grid(model, cores, grids)
+    m = mask.astype(pred.dtype)
+    sse = jnp.sum(m * (pred - y) ** 2)
+    mse = sse / jnp.maximum(jnp.sum(m), 1.0)
+    if cores.shape[1] > 1:
+        mse = mse + beta_tv * jnp.mean(_tv(cores))
+    return mse
+
+
+@eqx.filter_jit
+def _run_epoch(model, nets_state, cores, cores_state, y, mask, grids, key, beta_tv, *, opt_nets, opt_cores, batch):
+    n_traj = cores.shape[0]
+    n_steps = -(-n_traj // batch)
+    perm = jax.random.permutation(key, n_traj)
+    # fill the last batch from the start of the permutation so every batch has one shape
+    pad = n_steps * batch - n_traj
+    order = jnp.concatenate([perm, perm[:pad]]).reshape(n_steps, batch)
+    params_dyn, params_static = eqx.partition(model, eqx.is_inexact_array)
+
+    def step(carry, idx):
+        dyn, n_state, all_cores, c_state = carry
+        net = eqx.combine(dyn, params_static)
+        cb = all_cores[idx]
+        sb = jax.tree_util.tree_map(lambda s: s[idx], c_state)
+        loss, (g_net, g_cores) = eqx.filter_value_and_grad(_loss)((net, cb), grids, y[idx], mask[idx], beta_tv)
+        g_dyn = eqx.filter(g_net, eqx.is_inexact_array)
+        upd, n_state = opt_nets.update(g_dyn, n_state, dyn)
+        dyn = eqx.apply_updates(dyn, upd)
+        # one Adam state per trajectory, so a core's moments only move when it is in a batch
+        upd_c, sb = jax.vmap(opt_cores.update)(g_cores, sb, cb)
+        all_cores = all_cores.at[idx].set(cb + upd_c)
+        c_state = jax.tree_util.tree_map(lambda s, v: s.at[idx].set(v), c_state, sb)
+        return (dyn, n_state, all_cores, c_state), loss
+
+    (params_dyn, nets_state, cores, cores_state), losses = lax.scan(
+        step, (params_dyn, nets_state, cores, cores_state), order
+    )
+    return eqx.combine(params_dyn, params_static), nets_state, cores, cores_state, jnp.mean(losses)
+
+
+@eqx.filter_jit
+def _sse_per_trajectory(model, cores, y, train, holdout, grids):
+    """Per trajectory: sums of squared errors over (training, held-out, all) entries."""
+
+    def one(args):
+        c, yb, tr, ho = args
+        err2 = (_decode_grid(model, c, grids) - yb) ** 2
+        return jnp.stack([jnp.sum(jnp.where(tr, err2, 0.0)), jnp.sum(jnp.where(ho, err2, 0.0)), jnp.sum(err2)])
+
+    return lax.map(one, (cores, y, train, holdout))
+
+
+def _vrmse_from_sse(sse: np.ndarray, counts: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(np.where(counts > 0, sse / np.maximum(counts, 1), np.nan) / (variance + 1e-7))
+
+
+def fit_ftm(
+    fields: xr.Dataset,
+    ranks: Sequence[int],
+    *,
+    key: PRNGKeyArray,
+    config: FTMConfig | None = None,
+    progress: bool = True,
+) -> tuple[FTMFit, dict[str, Any]]:
+    """Fit shared coordinate networks and per-trajectory cores to a field collection.
+
+    Every trajectory of `fields` is fitted (select the training ones first, e.g. with
+    `sdift_prob.data.fields.train_part`). The training/held-out masks, the initialisation and
+    the minibatch order are all drawn from `key`.
+
+    **Arguments:**
+
+    - `fields`: a field collection, `field` of dims `(trajectory, time, *space_dims)`.
+    - `ranks`: `(R_1, ..., R_K)`, one positive integer per space dim.
+    - `key`: typed PRNG key.
+    - `config`: `FTMConfig` (default settings when None).
+    - `progress`: show a tqdm progress bar with the running loss.
+
+    **Returns:** `(fit, report)`. `fit` is an `FTMFit`; `report` a dict with `loss_curve` (per
+    epoch), `holdout_curve` and `eval_epochs`, `best_epoch`, `epochs`, `steps`,
+    `stopped_early`, `train_vrmse` / `holdout_vrmse` / `full_vrmse` (means over trajectories,
+    physical units, on training / held-out / all entries; `*_per_trajectory` lists too),
+    entry counts, `wall_time_s`, `compile_time_s` and `trajectory_epochs_per_s`.
+    """
+    start = _time.perf_counter()
+    validate_field_dataset(fields, require_split=False)
+    dims = space_dims(fields)
+    ranks_t = check_ranks(ranks, len(dims))
+    config = FTMConfig() if config is None else config
+    if not isinstance(config, FTMConfig):
+        raise bad_input("config", "an FTMConfig or None", type(config).__name__)
+    if config.ranks is not None and tuple(config.ranks) != ranks_t:
+        raise bad_input("config.ranks", f"None or the ranks argument {ranks_t}", config.ranks)
+    config = dataclasses.replace(config, ranks=ranks_t)
+    _check_key(key)
+    if not isinstance(progress, bool):
+        raise bad_input("progress", "True or False", progress)
+
+    values = np.asarray(fields["field"].values, dtype=np.float64)
+    n_traj, n_time = values.shape[:2]
+    grids = tuple(np.asarray(fields[d].values, dtype=np.float64) for d in dims)
+    for d, g in zip(dims, grids):
+        if g.size < 2:
+            raise bad_input("fields", "at least two coordinates along every space dim to define a domain", f"{d!r} has {g.size}")
+    times = np.asarray(fields["time"].values, dtype=np.float64)
+    ids = np.asarray(fields["trajectory"].values) if "trajectory" in fields.coords else np.arange(n_traj)
+
+    k_mask, k_model, k_cores, k_order = jax.random.split(key, 4)
+    train, holdout = _masks(k_mask, values.shape, config.train_fraction, config.holdout_fraction)
+    n_train_per = train.reshape(n_traj, -1).sum(axis=1)
+    if (n_train_per == 0).any():
+        raise bad_input(
+            "config.train_fraction",
+            "a fraction large enough that every trajectory keeps training entries",
+            config.train_fraction,
+        )
+    train_vals = values[train]
+    std = float(train_vals.std())
+    if not std > 0:
+        raise bad_input("fields", "training entries that are not all equal", f"std {std}")
+    normalizer = Normalizer(mean=float(train_vals.mean()), std=std)
+    y = jnp.asarray(normalizer.forward(values), dtype=jnp.float32)
+    variance = normalizer.forward(values).reshape(n_traj, -1).var(axis=1)
+
+    model = FunctionalTucker(
+        ranks_t,
+        domain_lo=[float(g[0]) for g in grids],
+        domain_hi=[float(g[-1]) for g in grids],
+        space_dims=dims,
+        width=config.width,
+        depth=config.depth,
+        omega=config.omega,
+        margin=config.margin,
+        key=k_model,
+    )
+    cores = jnp.asarray(
+        config.core_init_scale * _numpy_rng(k_cores).standard_normal((n_traj, n_time, *ranks_t)), dtype=jnp.float32
+    )
+
+    batch = min(config.batch_trajectories, n_traj)
+    steps_per_epoch = -(-n_traj // batch)
+    epochs = config.epochs if config.steps is None else -(-config.steps // steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    warmup = min(config.warmup, total_steps // 2)
+    opt_nets, opt_cores = _optimizers(
+        config.lr, config.lr_cores, config.weight_decay, warmup, total_steps, steps_per_epoch, epochs
+    )
+    nets_state = opt_nets.init(eqx.filter(model, eqx.is_inexact_array))
+    cores_state = jax.vmap(opt_cores.init)(cores)
+
+    grids_j = tuple(jnp.asarray(g, dtype=jnp.float32) for g in grids)
+    beta_tv = jnp.asarray(config.beta_tv, dtype=jnp.float32)  # traced: changing it does not recompile
+    train_j = jnp.asarray(train)
+    holdout_j = jnp.asarray(holdout)
+    n_holdout_per = holdout.reshape(n_traj, -1).sum(axis=1)
+    n_holdout = int(n_holdout_per.sum())
+    use_holdout = n_holdout > 0
+
+    loss_curve: list[float] = []
+    holdout_curve: list[float] = []
+    eval_epochs: list[int] = []
+    best = (model, cores)
+    best_epoch = 0
+    best_score = math.inf
+    bad_evals = 0
+    stopped_early = False
+    compile_time = 0.0
+    loop_start = _time.perf_counter()
+    bar = tqdm(total=epochs, desc="fit-ftm", unit="epoch", disable=not progress)
+    epoch = 0
+    try:
+        for epoch in range(1, epochs + 1):
+            t_epoch = _time.perf_counter()
+            model, nets_state, cores, cores_state, loss = _run_epoch(
+                model, nets_state, cores, cores_state, y, train_j, grids_j,
+                jax.random.fold_in(k_order, epoch), beta_tv,
+                opt_nets=opt_nets, opt_cores=opt_cores, batch=batch,
+            )
+            loss_v = float(loss)
+            if epoch == 1:
+                compile_time = _time.perf_counter() - t_epoch
+            loss_curve.append(loss_v)
+            postfix = {"loss": f"{loss_v:.4g}"}
+            if epoch % config.eval_every == 0 or epoch == epochs:
+                if use_holdout:
+                    sse = np.asarray(_sse_per_trajectory(model, cores, y, train_j, holdout_j, grids_j))
+                    score = float(sse[:, 1].sum() / n_holdout)
+                else:
+                    score = loss_v
+                holdout_curve.append(score)
+                eval_epochs.append(epoch)
+                if score < best_score or not use_holdout:
+                    best_score, best, best_epoch, bad_evals = score, (model, cores), epoch, 0
+                else:
+                    bad_evals += 1
+                postfix["heldout"] = f"{score:.4g}"
+                if use_holdout and bad_evals >= config.patience:
+                    stopped_early = True
+                    bar.set_postfix(postfix)
+                    bar.update(1)
+                    break
+            bar.set_postfix(postfix)
+            bar.update(1)
+    finally:
+        bar.close()
+    loop_time = _time.perf_counter() - loop_start
+    model, cores = best
+    if not bool(jnp.all(jnp.isfinite(cores))):
+        raise NumericalError("fit_ftm: the fitted cores are not finite; lower config.lr / config.lr_cores")
+
+    sse = np.asarray(_sse_per_trajectory(model, cores, y, train_j, holdout_j, grids_j), dtype=np.float64)
+    n_all = values[0].size
+    train_v = _vrmse_from_sse(sse[:, 0], n_train_per, variance)
+    hold_v = _vrmse_from_sse(sse[:, 1], n_holdout_per, variance)
+    full_v = _vrmse_from_sse(sse[:, 2], np.full(n_traj, n_all), variance)
+    fit = FTMFit(
+        model=model,
+        cores=cores,
+        times=times,
+        normalizer=normalizer,
+        time_domain=(float(times[0]), float(times[-1])),
+        trajectory_ids=ids,
+        config=config,
+        grids=grids,
+    )
+    steady = max(loop_time - compile_time, 1e-9)
+    report = {
+        "loss_curve": loss_curve,
+        "holdout_curve": holdout_curve,
+        "eval_epochs": eval_epochs,
+        "best_epoch": best_epoch,
+        "epochs": epoch,
+        "steps": epoch * steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "batch_trajectories": batch,
+        "warmup_steps": warmup,
+        "stopped_early": stopped_early,
+        "train_vrmse": float(np.nanmean(train_v)),
+        "holdout_vrmse": float(np.nanmean(hold_v)) if use_holdout else None,
+        "full_vrmse": float(np.mean(full_v)),
+        "train_vrmse_per_trajectory": train_v.tolist(),
+        "holdout_vrmse_per_trajectory": hold_v.tolist() if use_holdout else None,
+        "full_vrmse_per_trajectory": full_v.tolist(),
+        "n_trajectories": n_traj,
+        "n_train_entries": int(n_train_per.sum()),
+        "n_holdout_entries": n_holdout,
+        "n_entries": int(values.size),
+        "wall_time_s": _time.perf_counter() - start,
+        "compile_time_s": compile_time,
+        "trajectory_epochs_per_s": n_traj * max(epoch - 1, 1) / steady if epoch > 1 else n_traj / max(loop_time, 1e-9),
+    }
+    return fit, report
