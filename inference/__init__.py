@@ -7,3 +7,13 @@ from .guided import sample_posterior as sample_posterior
 from .guided import union_times as union_times
 from .noise import sigma_posterior_nuts as sigma_posterior_nuts
 from .noise import update_sigma as update_sigma
+from .calibrate import CalibrationResult as CalibrationResult
+from .calibrate import apply_temperature as apply_temperature
+from .calibrate import calibrate as calibrate
+from .reconstruct import Run as Run
+from .reconstruct import open_run as open_run
+from .reconstruct import reconstruct as reconstruct
+from .report import evaluate as evaluate
+from .report import load_posterior as load_posterior
+from .report import save_posterior as save_posterior
+from .report import to_inference_data as to_inference_data

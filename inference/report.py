@@ -494,9 +494,7 @@ def to_inference_data(
         raise bad_input("obs", "an ObservationSet", type(obs).__name__)
     if obs.space_dims != dims_space:
         raise bad_input("obs", f"observations over the space dims {dims_space}", obs.space_dims)
-    n = obs.n_points
-    if n == 0:
-        raise bad_input("obs", "at least one observation", "an empty ObservationSet")
+    n = obs.n_points  # 0: unconditioned (prior) draws; the observation groups are then left out
     rep = _check_draws(y_rep, "y_rep", chains_draws, ", N)", min_ndim=3)
     if rep.shape != chains_draws + (n,):
         raise bad_input("y_rep", f"shape (chain, draw, N) = {chains_draws + (n,)}", f"shape {rep.shape}")
@@ -532,12 +530,13 @@ def to_inference_data(
     for d, size in zip(rank_dims, cores.shape[3:]):
         coords[d] = np.arange(size)
     dims = {"cores": ["time_grid", *rank_dims], "field": ["time", *dims_space], "y": ["obs_id"]}
+    with_obs = n > 0
     idata = az.from_dict(
         posterior=posterior,
-        posterior_predictive={"y": rep},
-        log_likelihood={"y": ll},
+        posterior_predictive={"y": rep} if with_obs else None,
+        log_likelihood={"y": ll} if with_obs else None,
         sample_stats=stats or None,
-        observed_data={"y": obs.value},
+        observed_data={"y": obs.value} if with_obs else None,
         coords=coords,
         dims=dims,
         attrs=meta,
@@ -549,7 +548,8 @@ def to_inference_data(
     obs_coords = {"obs_time": ("obs_id", obs.time)}
     for k, d in enumerate(dims_space):
         obs_coords[f"obs_{d}"] = ("obs_id", obs.coords[:, k])
-    idata = idata.assign_coords(obs_coords, groups=list(_GROUPS_WITH_OBS))
+    if with_obs:
+        idata = idata.assign_coords(obs_coords, groups=list(_GROUPS_WITH_OBS))
     for group in idata.groups():
         ds = idata[group]
         for name, unit in units.items():

@@ -110,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
         "full_vrmse": round(report["full_vrmse"], 5),
         "wall_time_s": round(report["wall_time_s"], 1),
     }
-    provenance = {"data": str(args.data), "train": args.train, "seed": args.seed, "fit": summary}
+    provenance = {
+        "data": str(args.data), "train": args.train, "seed": args.seed, "fit": summary,
+        "units": str(ds["field"].attrs.get("units", "")), "long_name": str(ds["field"].attrs.get("long_name", "")),
+        "simulator": str(ds.attrs.get("simulator", "")),
+    }
     save_run(args.out, fit, overwrite=args.overwrite, extra=provenance)
     print(json.dumps(summary))
     return 0

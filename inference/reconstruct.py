@@ -1,0 +1,345 @@
+"""`reconstruct`: the one call users make — observations of one trajectory in, posterior out.
+
+It wires the stages together and adds no method of its own: the FTM gives the design rows
+(`sdift_prob.ftm`), the trained GPSD prior the denoiser (`sdift_prob.gpsd`), `inference.guided`
+draws the cores (or `models.gp_prior` for the conjugate `gp` baseline), the FTM decodes them,
+and `inference.report` turns everything into an `az.InferenceData`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from sdift_prob import __version__
+from sdift_prob.data.observations import ObservationSet, PaddedObservations
+from sdift_prob.errors import InputError, bad_input
+from sdift_prob.ftm import FTMFit, decode_grid, design_rows, load_run
+from sdift_prob.run import read_manifest
+
+from . import report
+from .guided import GuidedConfig, sample_posterior, union_times
+
+SAMPLERS = ("mpdps", "dps", "gp")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    """A loaded run directory: the fitted FTM and, when trained, the GPSD prior."""
+
+    ftm: FTMFit
+    prior: Any | None
+    path: Path | None = None
+
+    @property
+    def space_dims(self) -> tuple[str, ...]:
+        return tuple(self.ftm.model.space_dims)
+
+    @property
+    def core_shape(self) -> tuple[int, ...]:
+        return tuple(int(r) for r in self.ftm.cores.shape[2:])
+
+    def normalise_time(self, t: Any) -> np.ndarray:
+        t0, t1 = self.ftm.time_domain
+        span = (t1 - t0) if t1 != t0 else 1.0
+        return (np.asarray(t, dtype=np.float64) - t0) / span
+
+    @functools.cached_property
+    def gp_params(self) -> Any:
+        """GP temporal prior fitted to the training cores (the `gp` baseline), computed once."""
+        from models.gp_prior import GPPriorParams
+
+        return GPPriorParams.from_training_cores(np.asarray(self.ftm.cores), self.ftm.normalised_times())
+
+
+def open_run(run_dir: str | os.PathLike, *, require_prior: bool = False) -> Run:
+    """Load a run directory written by `sdift fit-ftm` (and `sdift train-prior`).
+
+    **Arguments:**
+
+    - `run_dir`: the folder.
+    - `require_prior`: raise when the run has no trained prior (needed by `mpdps`/`dps`).
+    """
+    path = Path(run_dir)
+    ftm = load_run(path)
+    sections = read_manifest(path).get("sections", {})
+    prior = None
+    if "prior" in sections:
+        from sdift_prob.gpsd import load_prior
+
+        prior = load_prior(path)
+    elif require_prior:
+        raise InputError(
+            f"run_dir: {path} has no trained prior; run `sdift train-prior {path}` first "
+            "(or use sampler='gp', which needs only the FTM)"
+        )
+    return Run(ftm=ftm, prior=prior, path=path)
+
+
+def refine_grid(grid: Sequence[float], factor: int) -> np.ndarray:
+    """`factor` times finer grid over the same extent (`(I - 1) * factor + 1` points)."""
+    g = np.asarray(grid, dtype=np.float64)
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise bad_input("resolution", "an integer >= 1 (refinement factor per axis)", factor)
+    if factor == 1 or g.size < 2:
+        return g
+    return np.interp(np.linspace(0, g.size - 1, (g.size - 1) * factor + 1), np.arange(g.size), g)
+
+
+def _output_grids(run: Run, grids: Mapping[str, Any] | None, resolution: int) -> tuple[np.ndarray, ...]:
+    dims = run.space_dims
+    if grids is None:
+        base = run.ftm.grids
+    else:
+        if not isinstance(grids, Mapping) or set(grids) != set(dims):
+            raise bad_input("grids", f"a mapping with exactly the space dims {dims}",
+                            sorted(grids) if isinstance(grids, Mapping) else grids)
+        base = []
+        for d in dims:
+            g = np.asarray(grids[d], dtype=np.float64)
+            if g.ndim != 1 or g.size < 1 or not np.isfinite(g).all():
+                raise bad_input(f"grids[{d!r}]", "a non-empty 1-D array of finite coordinates", g)
+            base.append(g)
+    return tuple(refine_grid(g, resolution) for g in base)
+
+
+def _noise_setting(obs: ObservationSet, sigma: Any, normaliser_std: float, sampler: str) -> tuple[Any, bool]:
+    """`(sigma_y in normalised units | "metadata" | None, infer_sigma)` from the user's `sigma`."""
+    if sigma is None:
+        known = np.isfinite(obs.noise_scale).all() and (obs.noise_scale > 0).all()
+        if known:
+            return "metadata", False
+        if sampler == "gp":
+            raise InputError(
+                "sigma: the gp sampler needs a noise level: pass sigma (physical units) or observations "
+                "whose noise_scale is known"
+            )
+        return None, True
+    if isinstance(sigma, str):
+        if sigma == "infer":
+            if sampler == "gp":
+                raise bad_input("sigma", "a noise level or 'metadata' for the gp sampler", sigma)
+            return None, True
+        if sigma == "metadata":
+            if not (np.isfinite(obs.noise_scale).all() and (obs.noise_scale > 0).all()):
+                raise bad_input("sigma", "'metadata' only when every observation has a positive noise_scale",
+                                "observations with unknown noise_scale")
+            return "metadata", False
+        raise bad_input("sigma", "a positive number (physical units), 'metadata', 'infer' or None", sigma)
+    s = float(sigma)
+    if not (math.isfinite(s) and s > 0):
+        raise bad_input("sigma", "a positive finite noise level in physical units", sigma)
+    return s / normaliser_std, False
+
+
+def reconstruct(
+    run: Run | str | os.PathLike,
+    obs: ObservationSet,
+    *,
+    key: PRNGKeyArray,
+    sampler: str = "mpdps",
+    draws: int = 8,
+    chains: int = 1,
+    times: Sequence[float] | None = None,
+    grids: Mapping[str, Any] | None = None,
+    resolution: int = 1,
+    likelihood: str = "gaussian",
+    sigma: float | str | None = None,
+    config: GuidedConfig | None = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> Any:
+    """Posterior of the full-field evolution of one trajectory given sparse observations.
+
+    **Arguments:**
+
+    - `run`: a `Run` (`open_run`) or a run directory.
+    - `obs`: the `ObservationSet` (physical units; any, irregular, time stamps; off-grid points).
+      An empty set gives clearly labelled prior draws (`attrs["conditioned"] = 0`).
+    - `key`: typed PRNG key (`jax.random.key(seed)`); the draws depend only on it and
+      `(chains, draws)`.
+    - `sampler`: `"mpdps"` (default), `"dps"`, or `"gp"` (FTM + GP temporal prior, exact).
+    - `draws`, `chains`: draws per chain and independent chains.
+    - `times`: physical output times (default: the training time stamps). Any times: the
+      sampler's grid is the union of these and the observation times.
+    - `grids`: mapping space dim -> physical coordinates of the output grid (default: training
+      grid); `resolution`: integer refinement factor per axis.
+    - `likelihood`: `"gaussian" | "laplace" | "student_t" | "poisson"`.
+    - `sigma`: observation noise std in physical units; `"metadata"` (per point, from
+      `obs.noise_scale`); `"infer"` (σ inferred inside the sampler); None: metadata when every
+      point has it, else inferred.
+    - `config`: `GuidedConfig` (its `method`, `likelihood`, `sigma_y`, `infer_sigma` are set
+      from the arguments above).
+    - `chunk_size`: draws per compiled call; `progress`: progress bar.
+
+    **Returns:** `az.InferenceData` (posterior `cores`, `field`, `sigma`; posterior_predictive,
+    observed_data, log_likelihood `y`; sample_stats) — see `inference.report`.
+    """
+    if not isinstance(run, Run):
+        run = open_run(run, require_prior=sampler != "gp")
+    if sampler not in SAMPLERS:
+        raise bad_input("sampler", f"one of {SAMPLERS}", sampler)
+    if not isinstance(obs, ObservationSet):
+        raise bad_input("obs", "an ObservationSet", type(obs).__name__)
+    if tuple(obs.space_dims) != run.space_dims:
+        raise bad_input("obs.space_dims", f"the run's space dims {run.space_dims}", tuple(obs.space_dims))
+    for name, v in (("draws", draws), ("chains", chains)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise bad_input(name, "an integer >= 1", v)
+    if sampler != "gp" and run.prior is None:
+        raise InputError(f"run: no trained prior in {run.path}; run `sdift train-prior` or use sampler='gp'")
+
+    ftm = run.ftm
+    normalizer = ftm.normalizer
+    out_times = np.asarray(ftm.times if times is None else times, dtype=np.float64)
+    if out_times.ndim != 1 or out_times.size < 1 or not np.isfinite(out_times).all():
+        raise bad_input("times", "a non-empty 1-D sequence of finite physical times", times)
+    if out_times.size > 1 and (np.diff(out_times) <= 0).any():
+        raise bad_input("times", "strictly increasing output times", out_times)
+    out_grids = _output_grids(run, grids, resolution)
+
+    conditioned = obs.n_points > 0
+    if conditioned:
+        grid_times, out_idx, _ = union_times(out_times, obs.time_stamps())
+    else:
+        grid_times, out_idx = out_times, np.arange(out_times.size)
+    times_norm = run.normalise_time(grid_times)
+    sigma_y, infer_sigma = _noise_setting(obs, sigma, normalizer.std, sampler) if conditioned else (1.0, False)
+
+    # The padded observations in normalised field units; a frame without points is all-masked.
+    if conditioned:
+        padded_phys = obs.to_padded(grid_times)
+    else:
+        K = len(run.space_dims)
+        padded_phys = PaddedObservations(
+            times=grid_times, values=np.zeros((grid_times.size, 1)), coords=np.zeros((grid_times.size, 1, K)),
+            noise_scale=np.ones((grid_times.size, 1)), mask=np.zeros((grid_times.size, 1), bool),
+        )
+    M, P = padded_phys.mask.shape
+    mask = np.asarray(padded_phys.mask)
+    coords = np.asarray(padded_phys.coords, dtype=np.float64)
+    # Padding slots may hold any coordinate; park them inside the domain.
+    centre = 0.5 * (np.asarray(ftm.model.domain_lo) + np.asarray(ftm.model.domain_hi))
+    coords = np.where(mask[..., None], coords, centre)
+    padded = PaddedObservations(
+        times=np.asarray(grid_times),
+        values=np.where(mask, np.asarray(normalizer.forward(padded_phys.values)), 0.0),
+        coords=coords,
+        noise_scale=np.where(mask, np.asarray(padded_phys.noise_scale) / normalizer.std, 1.0),
+        mask=mask,
+    )
+    design = np.asarray(design_rows(ftm.model, coords.reshape(-1, coords.shape[-1]))).reshape(M, P, -1)
+
+    like_params: dict[str, float] = {}
+    if likelihood == "poisson":
+        attrs = obs.attrs or {}
+        # The Poisson-like noise of `sample_observations` records its offset and scale (physical).
+        scale = attrs.get("poisson_scale", attrs.get("noise_scale") if attrs.get("noise") == "poisson" else None)
+        if "poisson_offset" not in attrs or scale is None:
+            raise bad_input("obs.attrs", "poisson_offset and the Poisson scale (physical) for likelihood='poisson'",
+                            sorted(attrs))
+        like_params = {
+            "poisson_offset": float(normalizer.forward(float(attrs["poisson_offset"]))),
+            "poisson_scale": float(scale) / normalizer.std,
+        }
+        sigma_y, infer_sigma = None, False
+
+    n_total = int(draws) * int(chains)
+    started = time.perf_counter()
+    info: dict[str, np.ndarray] = {}
+    settings: dict[str, Any] = {"sampler": sampler}
+    if sampler == "gp":
+        if likelihood != "gaussian":
+            raise bad_input("likelihood", "'gaussian' for the gp sampler (its posterior is exact only there)",
+                            likelihood)
+        from models.gp_prior import sample_conjugate
+
+        sigma_arg = sigma_y if conditioned else 1.0
+        core_draws = np.asarray(
+            sample_conjugate(key, run.gp_params, design, padded, sigma_arg, times_norm, n_total)
+        )
+        sigma_norm_draws = None
+        settings["gp_params"] = {"lengthscale": float(run.gp_params.kernel.lengthscale),
+                                 "kernel": run.gp_params.kernel.name}
+    else:
+        prior = run.prior
+        base = config if config is not None else GuidedConfig()
+        if not isinstance(base, GuidedConfig):
+            raise bad_input("config", "a GuidedConfig", type(base).__name__)
+        cfg = dataclasses.replace(
+            base, method=sampler, likelihood=likelihood, sigma_y=sigma_y, infer_sigma=infer_sigma,
+            likelihood_params=tuple(like_params.items()),
+        ) if conditioned else dataclasses.replace(base, method=sampler, zeta=0.0, sigma_y=1.0, infer_sigma=False)
+        chol = prior.noise_cholesky(jnp.asarray(times_norm))
+        core_draws, info = sample_posterior(
+            key, prior.denoise, design, padded, core_mean=float(prior.core_mean), core_std=float(prior.core_std),
+            times_norm=times_norm, noise_chol=chol, config=cfg, num_draws=n_total, core_shape=run.core_shape,
+            chunk_size=chunk_size, progress=progress,
+        )
+        sigma_norm_draws = np.asarray(info["sigma_y"]) if infer_sigma else None
+        settings["guided"] = cfg.to_dict()
+    elapsed = time.perf_counter() - started
+
+    core_draws = np.asarray(core_draws, dtype=np.float32).reshape(chains, draws, M, *run.core_shape)
+    if sigma_norm_draws is not None:
+        sigma_norm_draws = np.asarray(sigma_norm_draws).reshape(chains, draws)
+    field_norm = decode_grid(ftm.model, jnp.asarray(core_draws[:, :, out_idx]), out_grids)
+    field_draws = np.asarray(normalizer.inverse(np.asarray(field_norm)), dtype=np.float32)
+
+    if conditioned:
+        obs_order = report.observation_order(obs, grid_times)
+        model_sigma = sigma_y if sigma_norm_draws is None else None
+        k_pred = jax.random.fold_in(key, 1)
+        common = dict(likelihood=likelihood, sigma_draws=sigma_norm_draws, sigma=model_sigma,
+                      normalizer=normalizer, batch_size=chunk_size, **like_params)
+        pad_j = jax.tree.map(np.asarray, padded)
+        y_rep = report.posterior_predictive(k_pred, core_draws, design, pad_j, obs_order, **common)
+        log_lik = report.pointwise_log_likelihood(core_draws, design, pad_j, obs_order, **common)
+    else:
+        y_rep = np.zeros((chains, draws, 0))
+        log_lik = np.zeros((chains, draws, 0))
+
+    sample_stats = {"wall_time_per_draw": np.full((chains, draws), elapsed / n_total)}
+    if "residual_rms" in info:
+        sample_stats["final_residual_rms"] = np.asarray(info["residual_rms"])[:, -1].reshape(chains, draws)
+        sample_stats["guidance_rms_mean"] = np.asarray(info["guidance_rms"]).mean(axis=1).reshape(chains, draws)
+    units = {"field": normalizer_units(run), "y": normalizer_units(run)}
+    attrs = {
+        "sampler": sampler,
+        "conditioned": int(conditioned),
+        "likelihood": likelihood,
+        "settings": settings,
+        "sigma_input": sigma if isinstance(sigma, (str, type(None))) else float(sigma),
+        "seed_key": np.asarray(jax.random.key_data(key)).tolist(),
+        "run_dir": str(run.path) if run.path is not None else "",
+        "sdift_prob_version": __version__,
+        "wall_time_s": elapsed,
+        "units": units,
+    }
+    field_coords = dict(zip(run.space_dims, out_grids))
+    idata = report.to_inference_data(
+        core_draws=core_draws, field_draws=field_draws, field_times=out_times, field_coords=field_coords,
+        space_dims=run.space_dims, obs=obs, y_rep=y_rep, log_lik=log_lik,
+        sigma_draws=None if sigma_norm_draws is None else sigma_norm_draws * normalizer.std,
+        sample_stats=sample_stats, attrs=attrs, core_times=grid_times,
+    )
+    return idata
+
+
+def normalizer_units(run: Run) -> str:
+    """Physical units of the field the run was fitted on, as recorded in its manifest."""
+    if run.path is None:
+        return "field units"
+    info = read_manifest(run.path, verify=False).get("sections", {}).get("ftm", {}).get("info", {})
+    return str(info.get("extra", {}).get("units") or "field units")
