@@ -314,7 +314,7 @@ def reconstruct(
     if "residual_rms" in info:
         sample_stats["final_residual_rms"] = np.asarray(info["residual_rms"])[:, -1].reshape(chains, draws)
         sample_stats["guidance_rms_mean"] = np.asarray(info["guidance_rms"]).mean(axis=1).reshape(chains, draws)
-    units = {"field": normalizer_units(run), "y": normalizer_units(run)}
+    units = {"field": normalizer_units(run), "y": normalizer_units(run), **coordinate_units(run)}
     attrs = {
         "sampler": sampler,
         "conditioned": int(conditioned),
@@ -343,3 +343,11 @@ def normalizer_units(run: Run) -> str:
         return "field units"
     info = read_manifest(run.path, verify=False).get("sections", {}).get("ftm", {}).get("info", {})
     return str(info.get("extra", {}).get("units") or "field units")
+
+
+def coordinate_units(run: Run) -> dict[str, str]:
+    """Units of the time and space coordinates, as recorded in the run's manifest (may be empty)."""
+    if run.path is None:
+        return {}
+    info = read_manifest(run.path, verify=False).get("sections", {}).get("ftm", {}).get("info", {})
+    return {k: v for k, v in info.get("extra", {}).get("coord_units", {}).items() if v}

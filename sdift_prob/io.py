@@ -29,7 +29,8 @@ def atomic_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     """
     target = Path(path)
     _check_target(target, overwrite)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # Keep the extension: some writers (Pillow, netCDF engines) choose the format from it.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

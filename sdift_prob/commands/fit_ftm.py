@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         "data": str(args.data), "train": args.train, "seed": args.seed, "fit": summary,
         "units": str(ds["field"].attrs.get("units", "")), "long_name": str(ds["field"].attrs.get("long_name", "")),
         "simulator": str(ds.attrs.get("simulator", "")),
+        "coord_units": {d: str(ds[d].attrs.get("units", "")) for d in ("time", *space_dims(ds))},
     }
     save_run(args.out, fit, overwrite=args.overwrite, extra=provenance)
     print(json.dumps(summary))
