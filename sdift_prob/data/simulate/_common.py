@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ...errors import bad_input
+from ...errors import NumericalError, bad_input
 from ..fields import assign_split, make_field_dataset
 
 # jax.random.key silently wraps seeds at 2**32 (2**32 gives the same key as 0).
@@ -171,3 +171,16 @@ def run_batches(
                 store.append(arr[: stop - start])
             bar.update(stop - start)
     return tuple(np.concatenate(store, axis=0) for store in outputs)
+
+
+def check_solver_finite(simulator: str, values: np.ndarray, params: np.ndarray, names: tuple[str, ...],
+                        dt: float) -> None:
+    """Raise `NumericalError` naming the first trajectory (and its parameters) whose solve blew up."""
+    bad = ~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        shown = ", ".join(f"{n}={params[i, k]:.4g}" for k, n in enumerate(names))
+        raise NumericalError(
+            f"{simulator}: the solver blew up in {int(bad.sum())} trajectories (first: {i}, {shown}); "
+            f"use a smaller dt (now {dt})"
+        )

@@ -27,12 +27,13 @@ import numpy as np
 import xarray as xr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ...errors import NumericalError, bad_input
+from ...errors import bad_input
 from ._common import (
     check_int,
     check_interval,
     check_range,
     check_seed,
+    check_solver_finite,
     finish_collection,
     resolve_n_test,
     run_batches,
@@ -169,13 +170,7 @@ def simulate_fluid2d(
     )
     values, params = run_batches(functools.partial(_batch, config), seed, n_trajectories, batch_size,
                                  desc=SIMULATOR, progress=progress)
-    bad = ~np.isfinite(values).reshape(n_trajectories, -1).all(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise NumericalError(
-            f"fluid2d: the solver blew up in {int(bad.sum())} trajectories (first: {i}, nu={params[i, 0]:.4g}, "
-            f"drag={params[i, 1]:.4g}, forcing={params[i, 2]:.4g}); use a smaller dt (now {dt})"
-        )
+    check_solver_finite(SIMULATOR, values, params, ("nu", "drag", "forcing"), dt)
 
     t0 = config.spin_up_steps * dt
     time = t0 + save_interval * np.arange(nt, dtype=np.float64)
