@@ -128,3 +128,17 @@ def test_cli_observe_reconstruct_evaluate(pipeline, capsys):
     # An existing output is refused with one clear line, not a traceback.
     assert cli.main(["reconstruct", str(pipeline["run_dir"]), str(obs_file), "--out", str(post)]) == 1
     assert "--out" in capsys.readouterr().err
+
+
+def test_calibrate_reconstruction_reaches_nominal_held_out_coverage(pipeline):
+    from inference.calibrate import CalibrationResult
+    from inference.reconstruct import calibrate_reconstruction
+
+    run = open_run(pipeline["run_dir"])
+    res = calibrate_reconstruction(run, pipeline["obs"], key=jax.random.key(9), draws=4, zetas=(1.0,), sigma=0.5)
+    assert isinstance(res, CalibrationResult)
+    assert res.zeta == 1.0 and res.temperature > 0
+    # The chosen temperature is the smallest that brings every level to nominal on the held-out points.
+    for level, after in zip(res.levels, res.coverage_after):
+        assert after >= level - 1e-9
+    assert res.held_out.sum() == round(0.2 * pipeline["obs"].n_points)
