@@ -308,6 +308,21 @@ def _samples(cores: np.ndarray, sig: np.ndarray | None) -> dict[str, Array]:
     return flat
 
 
+def _model_batch(core_draws, design, padded, obs_order, likelihood, sigma_draws, sigma, normalizer,
+                 batch_size, model_kwargs):
+    """Checked inputs of the per-draw NumPyro computations: draw samples and JAX arrays."""
+    cores, sig, order, mask, chunk, kwargs = _check_model_inputs(
+        core_draws, design, padded, obs_order, likelihood, sigma_draws, sigma, normalizer, batch_size,
+        model_kwargs,
+    )
+    if sig is not None:
+        kwargs["sigma"] = None  # each draw's sample carries its own sigma
+    samples = _samples(cores, sig)
+    design_j = jnp.asarray(design, dtype=samples["cores"].dtype)
+    padded_j = jax.tree.map(jnp.asarray, padded)
+    return cores.shape[:2], cores.shape[2:], samples, design_j, padded_j, order, mask, chunk, kwargs
+
+
 def pointwise_log_likelihood(
     core_draws: Float[ArrayLike, "chain draw M *R"],
     design: Float[ArrayLike, "M P D"],
@@ -344,17 +359,10 @@ def pointwise_log_likelihood(
 
     **Returns:** `(chain, draw, N)` float, in the order of the `ObservationSet` (obs_id).
     """
-    cores, sig, order, mask, chunk, kwargs = _check_model_inputs(
+    (c, s), core_shape, samples, design_j, padded_j, order, mask, chunk, kwargs = _model_batch(
         core_draws, design, padded, obs_order, likelihood, sigma_draws, sigma, normalizer, batch_size,
         model_kwargs,
     )
-    if sig is not None:
-        kwargs["sigma"] = None
-    c, s = cores.shape[:2]
-    core_shape = cores.shape[2:]
-    samples = _samples(cores, sig)
-    design_j = jnp.asarray(design, dtype=samples["cores"].dtype)
-    padded_j = jax.tree.map(jnp.asarray, padded)
     parts = []
     for start, stop in _chunks(c * s, chunk):
         part = {k: _pad_rows(v[start:stop], chunk) for k, v in samples.items()}
@@ -392,18 +400,11 @@ def posterior_predictive(
     in obs_id order.
     """
     _check_key(key)
-    cores, sig, order, mask, chunk, kwargs = _check_model_inputs(
+    (c, s), core_shape, samples, design_j, padded_j, order, mask, chunk, kwargs = _model_batch(
         core_draws, design, padded, obs_order, likelihood, sigma_draws, sigma, normalizer, batch_size,
         model_kwargs,
     )
-    if sig is not None:
-        kwargs["sigma"] = None
-    c, s = cores.shape[:2]
-    core_shape = cores.shape[2:]
-    samples = _samples(cores, sig)
     keys = jax.random.split(key, c * s)
-    design_j = jnp.asarray(design, dtype=samples["cores"].dtype)
-    padded_j = jax.tree.map(jnp.asarray, padded)
     parts = []
     for start, stop in _chunks(c * s, chunk):
         part = {k: _pad_rows(v[start:stop], chunk) for k, v in samples.items()}
