@@ -41,6 +41,7 @@ class Run:
     ftm: FTMFit
     prior: Any | None
     path: Path | None = None
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)  # how the FTM was fitted
 
     @property
     def space_dims(self) -> tuple[str, ...]:
@@ -73,7 +74,7 @@ def open_run(run_dir: str | os.PathLike, *, require_prior: bool = False) -> Run:
     """
     path = Path(run_dir)
     ftm = load_run(path)
-    sections = read_manifest(path).get("sections", {})
+    sections = read_manifest(path, verify=False).get("sections", {})  # load_run verified it
     prior = None
     if "prior" in sections:
         from sdift_prob.gpsd import load_prior
@@ -84,7 +85,8 @@ def open_run(run_dir: str | os.PathLike, *, require_prior: bool = False) -> Run:
             f"run_dir: {path} has no trained prior; run `sdift train-prior {path}` first "
             "(or use sampler='gp', which needs only the FTM)"
         )
-    return Run(ftm=ftm, prior=prior, path=path)
+    provenance = sections.get("ftm", {}).get("info", {}).get("extra", {})
+    return Run(ftm=ftm, prior=prior, path=path, provenance=provenance)
 
 
 def refine_grid(grid: Sequence[float], factor: int) -> np.ndarray:
@@ -314,7 +316,9 @@ def reconstruct(
     if "residual_rms" in info:
         sample_stats["final_residual_rms"] = np.asarray(info["residual_rms"])[:, -1].reshape(chains, draws)
         sample_stats["guidance_rms_mean"] = np.asarray(info["guidance_rms"]).mean(axis=1).reshape(chains, draws)
-    units = {"field": normalizer_units(run), "y": normalizer_units(run), **coordinate_units(run)}
+    field_units = str(run.provenance.get("units") or "field units")
+    coord_units = {k: v for k, v in run.provenance.get("coord_units", {}).items() if v}
+    units = {"field": field_units, "y": field_units, **coord_units}
     attrs = {
         "sampler": sampler,
         "conditioned": int(conditioned),
@@ -335,22 +339,6 @@ def reconstruct(
         sample_stats=sample_stats, attrs=attrs, core_times=grid_times,
     )
     return idata
-
-
-def normalizer_units(run: Run) -> str:
-    """Physical units of the field the run was fitted on, as recorded in its manifest."""
-    if run.path is None:
-        return "field units"
-    info = read_manifest(run.path, verify=False).get("sections", {}).get("ftm", {}).get("info", {})
-    return str(info.get("extra", {}).get("units") or "field units")
-
-
-def coordinate_units(run: Run) -> dict[str, str]:
-    """Units of the time and space coordinates, as recorded in the run's manifest (may be empty)."""
-    if run.path is None:
-        return {}
-    info = read_manifest(run.path, verify=False).get("sections", {}).get("ftm", {}).get("info", {})
-    return {k: v for k, v in info.get("extra", {}).get("coord_units", {}).items() if v}
 
 
 def calibrate_reconstruction(

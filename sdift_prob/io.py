@@ -65,3 +65,23 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_netcdf(path: str | os.PathLike):
+    """Read a whole netCDF file into memory as an `xr.Dataset`.
+
+    Raises `InputError` if the file does not exist and `FormatError` if it is not a readable
+    netCDF file (h5py/h5netcdf raise many exception types on truncated or foreign files).
+    """
+    import xarray as xr
+
+    from .errors import FormatError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"path: expected an existing file, got {str(p)!r}")
+    try:
+        with xr.open_dataset(p, engine=NETCDF_ENGINE) as opened:
+            return opened.load()
+    except Exception as exc:  # noqa: BLE001
+        raise FormatError(f"{p}: not a readable netCDF file ({type(exc).__name__}: {exc})") from exc

@@ -22,7 +22,7 @@ import xarray as xr
 from jaxtyping import ArrayLike, Float
 
 from ..errors import FormatError, InputError, bad_input
-from ..io import NETCDF_ENGINE, atomic_file
+from ..io import NETCDF_ENGINE, atomic_file, read_netcdf
 
 FIELD_KIND = "field_collection"
 FIELD_FORMAT_VERSION = 1
@@ -418,13 +418,7 @@ def load_fields(path: str | os.PathLike) -> xr.Dataset:
     netCDF file, not a field collection, or fails validation.
     """
     p = Path(path)
-    if not p.is_file():
-        raise bad_input("path", "an existing file", str(p))
-    try:
-        with xr.open_dataset(p, engine=NETCDF_ENGINE) as opened:
-            ds = opened.load()
-    except Exception as exc:  # noqa: BLE001 - h5py/h5netcdf raise many types on corrupt files
-        raise FormatError(f"{p}: not a readable netCDF file ({type(exc).__name__}: {exc})") from exc
+    ds = read_netcdf(p)
     if ds.attrs.get("sdift_kind") != FIELD_KIND:
         raise FormatError(f"{p}: not an sdift field collection (sdift_kind={ds.attrs.get('sdift_kind')!r})")
     if "split" in ds.coords:

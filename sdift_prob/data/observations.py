@@ -21,7 +21,7 @@ import xarray as xr
 from jaxtyping import ArrayLike, Bool, Float
 
 from ..errors import FormatError, InputError, bad_input
-from ..io import NETCDF_ENGINE, atomic_file
+from ..io import NETCDF_ENGINE, atomic_file, read_netcdf
 from .fields import _check_key, validate_field_dataset
 
 OBSERVATION_KIND = "observation_set"
@@ -345,13 +345,7 @@ class ObservationSet:
     def load(cls, path: str | os.PathLike) -> ObservationSet:
         """Read a file written by `save`; `FormatError` for foreign or corrupt files."""
         p = Path(path)
-        if not p.is_file():
-            raise bad_input("path", "an existing file", str(p))
-        try:
-            with xr.open_dataset(p, engine=NETCDF_ENGINE) as opened:
-                ds = opened.load()
-        except Exception as exc:  # noqa: BLE001 - h5py/h5netcdf raise many types on corrupt files
-            raise FormatError(f"{p}: not a readable netCDF file ({type(exc).__name__}: {exc})") from exc
+        ds = read_netcdf(p)
         if isinstance(ds.attrs.get("sdift_format_version"), np.integer):
             ds.attrs["sdift_format_version"] = int(ds.attrs["sdift_format_version"])
         try:
