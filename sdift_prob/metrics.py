@@ -3,6 +3,11 @@
 Point accuracy: `vrmse` (as in The Well and the SDIFT paper), `rmse`, `mae`.
 Uncertainty: `crps_ensemble`, `interval_coverage`, `pit_values`. Report figures over test
 trajectories with `summarise`.
+
+Missing truth: NaN entries of `truth` (land, gaps; e.g. a field read with
+`sdift_prob.data.from_xarray`) are masked — left out of every mean, and NaN in per-entry
+results. The estimate (or draws) must be finite wherever the truth is not missing; infinities
+are an error anywhere.
 """
 
 from __future__ import annotations
@@ -31,11 +36,49 @@ def _array(x: Any, argument: str) -> np.ndarray:
     return arr
 
 
+def _truth(x: Any) -> np.ndarray:
+    """The truth array: float64, NaN allowed (missing entries), infinities not."""
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # noqa: BLE001
+        raise bad_input("truth", "an array of numbers", type(x).__name__) from exc
+    if arr.dtype.kind not in "iuf":
+        raise bad_input("truth", "a numeric array", f"dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    inf = np.isinf(arr)
+    if inf.any():
+        raise bad_input("truth", "finite values or NaN (missing)", f"{int(inf.sum())} infinite entries of {arr.size}")
+    if arr.size and np.isnan(arr).all():
+        raise bad_input("truth", "at least one entry that is not missing (NaN)", f"all {arr.size} entries NaN")
+    return arr
+
+
+def _numeric(x: Any, argument: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # noqa: BLE001
+        raise bad_input(argument, "an array of numbers", type(x).__name__) from exc
+    if arr.dtype.kind not in "iuf":
+        raise bad_input(argument, "a numeric array", f"dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def _finite_where_observed(arr: np.ndarray, argument: str, observed: np.ndarray) -> np.ndarray:
+    """Check `arr` is finite wherever `observed` (broadcast on its trailing axes) and never
+    infinite; return it with NaN where the truth is missing."""
+    bad = np.isinf(arr) | (np.isnan(arr) & observed)
+    if bad.any():
+        raise bad_input(argument, "finite values only (where the truth is not missing)",
+                        f"{int(bad.sum())} NaN/inf entries of {arr.size}")
+    return arr if observed.all() else np.where(observed, arr, np.nan)
+
+
 def _pair(truth: Any, estimate: Any, batched: bool) -> tuple[np.ndarray, np.ndarray]:
-    u = _array(truth, "truth")
-    e = _array(estimate, "estimate")
+    u = _truth(truth)
+    e = _numeric(estimate, "estimate")
     if u.shape != e.shape:
         raise bad_input("estimate", f"the shape of truth {u.shape}", f"shape {e.shape}")
+    e = _finite_where_observed(e, "estimate", ~np.isnan(u))
     if u.size == 0:
         raise bad_input("truth", "at least one entry", f"shape {u.shape}")
     if not isinstance(batched, bool):
@@ -43,13 +86,25 @@ def _pair(truth: Any, estimate: Any, batched: bool) -> tuple[np.ndarray, np.ndar
     if batched and (u.ndim < 2 or u.shape[0] == 0 or u[0].size == 0):
         raise bad_input("truth", "shape (B, ...) with B >= 1 and at least one entry per trajectory when "
                         "batched=True", f"shape {u.shape}")
+    if batched:
+        empty = np.isnan(u.reshape(u.shape[0], -1)).all(axis=1)
+        if empty.any():
+            raise bad_input("truth", "at least one entry that is not missing in every trajectory",
+                            f"trajectories {np.flatnonzero(empty).tolist()} all NaN")
     return u, e
+
+
+def _mean(x: np.ndarray, axis: int | None = None) -> Any:
+    """Mean over the entries that are not NaN (plain mean when there is no NaN)."""
+    if np.isnan(x).any():
+        return np.nanmean(x, axis=axis)
+    return x.mean(axis=axis)
 
 
 def _per_trajectory_mean(x: np.ndarray, batched: bool) -> np.ndarray | float:
     if batched:
-        return x.reshape(x.shape[0], -1).mean(axis=1)
-    return float(x.mean())
+        return _mean(x.reshape(x.shape[0], -1), axis=1)
+    return float(_mean(x))
 
 
 def vrmse(
@@ -78,11 +133,11 @@ def vrmse(
     if batched:
         flat_u = u.reshape(u.shape[0], -1)
         flat_e = e.reshape(e.shape[0], -1)
-        mse = ((flat_u - flat_e) ** 2).mean(axis=1)
-        var = ((flat_u - flat_u.mean(axis=1, keepdims=True)) ** 2).mean(axis=1)
+        mse = _mean((flat_u - flat_e) ** 2, axis=1)
+        var = _mean((flat_u - _mean(flat_u, axis=1)[:, None]) ** 2, axis=1)
         return np.sqrt(mse / (var + eps))
-    mse = ((u - e) ** 2).mean()
-    var = ((u - u.mean()) ** 2).mean()
+    mse = _mean((u - e) ** 2)
+    var = _mean((u - _mean(u)) ** 2)
     return float(np.sqrt(mse / (var + eps)))
 
 
@@ -104,11 +159,12 @@ def mae(
 
 
 def _ensemble(truth: Any, draws: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = _array(truth, "truth")
-    x = _array(draws, "draws")
+    y = _truth(truth)
+    x = _numeric(draws, "draws")
     if x.ndim != y.ndim + 1 or x.shape[1:] != y.shape:
         raise bad_input("draws", f"shape (S, *{y.shape}) — draws first, then the shape of truth",
                         f"shape {x.shape}")
+    x = _finite_where_observed(x, "draws", ~np.isnan(y))
     if x.shape[0] < 1 or y.size == 0:
         raise bad_input("draws", "at least one draw and one entry", f"shape {x.shape}")
     return y, x
@@ -129,7 +185,8 @@ def crps_ensemble(
     **Arguments:**
 
     - `truth`: `(*shape)`; `draws`: `(S, *shape)`, draws axis first.
-    - `reduce`: `"mean"` -> the mean over entries (float), `"none"` -> per entry `(*shape)`.
+    - `reduce`: `"mean"` -> the mean over entries that are not missing (float), `"none"` -> per
+      entry `(*shape)`, NaN where the truth is missing.
     """
     y, x = _ensemble(truth, draws)
     if reduce not in ("mean", "none"):
@@ -140,7 +197,7 @@ def crps_ensemble(
     ranks = (2.0 * np.arange(1, s + 1) - s - 1).reshape((s,) + (1,) * y.ndim)
     pair_mean = 2.0 * (ranks * np.sort(x, axis=0)).sum(axis=0) / s**2
     crps = spread_to_truth - 0.5 * pair_mean
-    return float(crps.mean()) if reduce == "mean" else crps
+    return float(_mean(crps)) if reduce == "mean" else crps
 
 
 def _check_levels(levels: Any) -> tuple[float, ...]:
@@ -175,7 +232,8 @@ def interval_coverage(
     result: dict[float, float] = {}
     for level in _check_levels(levels):
         lo, hi = np.quantile(x, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        result[level] = float(((y >= lo) & (y <= hi)).mean())
+        inside = ((y >= lo) & (y <= hi)).astype(np.float64)
+        result[level] = float(inside[~np.isnan(y)].mean())
     return result
 
 
@@ -195,7 +253,7 @@ def pit_values(
     **Arguments:** `truth (*shape)`, `draws (S, *shape)`; `key` typed PRNG key for U
     (default `jax.random.key(0)`, so results are reproducible).
 
-    **Returns:** `(*shape)` values in [0, 1].
+    **Returns:** `(*shape)` values in [0, 1] (NaN where the truth is missing).
     """
     y, x = _ensemble(truth, draws)
     if key is None:
@@ -207,7 +265,8 @@ def pit_values(
     below = (x < y).sum(axis=0)
     ties = (x == y).sum(axis=0)
     u = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()).uniform(size=y.shape)
-    return (below + u * (ties + 1)) / (s + 1)
+    out = (below + u * (ties + 1)) / (s + 1)
+    return np.where(np.isnan(y), np.nan, out) if np.isnan(y).any() else out
 
 
 def summarise(values: Float[ArrayLike, " n"], *, ddof: int = 0) -> tuple[float, float]:

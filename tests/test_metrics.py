@@ -111,8 +111,12 @@ def test_summarise():
 def test_point_metrics_reject(fn):
     with pytest.raises(InputError, match=r"estimate: expected the shape of truth \(2, 2\)"):
         fn(np.zeros((2, 2)), np.zeros((2, 3)))
-    with pytest.raises(InputError, match="truth.*1 NaN/inf"):
-        fn(np.array([[np.nan, 1.0]]), np.zeros((1, 2)))
+    with pytest.raises(InputError, match="truth.*1 infinite"):
+        fn(np.array([[np.inf, 1.0]]), np.zeros((1, 2)))
+    with pytest.raises(InputError, match="truth.*all 2 entries NaN"):
+        fn(np.array([[np.nan, np.nan]]), np.zeros((1, 2)))
+    with pytest.raises(InputError, match="estimate.*where the truth is not missing.*1 NaN"):
+        fn(np.array([[0.0, 1.0]]), np.array([[np.nan, 1.0]]))
     with pytest.raises(InputError, match="estimate.*1 NaN/inf"):
         fn(np.zeros((1, 2)), np.array([[np.inf, 1.0]]))
     with pytest.raises(InputError, match="truth.*batched"):
@@ -133,3 +137,43 @@ def test_ensemble_metrics_reject():
         pit_values(np.zeros(2), np.zeros((3, 2)), key=0)
     with pytest.raises(InputError, match="eps"):
         vrmse(np.zeros(2), np.zeros(2), eps=-1.0)
+
+
+# -- missing truth (NaN) is masked -----------------------------------------------------------------
+def test_point_metrics_mask_missing_truth():
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=(2, 5, 6))
+    e = u + 0.3 * rng.normal(size=u.shape)
+    hole = rng.uniform(size=u.shape) < 0.3
+    u_nan = np.where(hole, np.nan, u)
+    e_nan = np.where(hole, np.nan, e)  # NaN estimates where the truth is missing are fine too
+    keep = ~hole
+    for est in (e, e_nan):
+        assert vrmse(u_nan, est) == pytest.approx(vrmse(u[keep], e[keep]), rel=1e-12)
+        assert rmse(u_nan, est) == pytest.approx(rmse(u[keep], e[keep]), rel=1e-12)
+        assert mae(u_nan, est) == pytest.approx(mae(u[keep], e[keep]), rel=1e-12)
+    per = vrmse(u_nan, e, batched=True)
+    for b in range(2):
+        assert per[b] == pytest.approx(vrmse(u[b][keep[b]], e[b][keep[b]]), rel=1e-12)
+    with pytest.raises(InputError, match="trajectories \\[1\\] all NaN"):
+        vrmse(np.stack([u[0], np.full(u[1].shape, np.nan)]), e, batched=True)
+
+
+def test_ensemble_metrics_mask_missing_truth():
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=(4, 7))
+    x = y + rng.normal(size=(30, 4, 7))
+    hole = np.zeros(y.shape, bool)
+    hole[1, 2:5] = True
+    y_nan = np.where(hole, np.nan, y)
+    keep = ~hole
+    assert crps_ensemble(y_nan, x) == pytest.approx(crps_ensemble(y[keep], x[:, keep]), rel=1e-12)
+    per = crps_ensemble(y_nan, x, reduce="none")
+    assert np.isnan(per[hole]).all() and np.isfinite(per[keep]).all()
+    cov = interval_coverage(y_nan, x, (0.5, 0.9))
+    ref = interval_coverage(y[keep], x[:, keep], (0.5, 0.9))
+    assert cov == pytest.approx(ref)
+    pit = pit_values(y_nan, x, key=jax.random.key(1))
+    assert np.isnan(pit[hole]).all() and ((pit[keep] >= 0) & (pit[keep] <= 1)).all()
+    with pytest.raises(InputError, match="draws.*where the truth is not missing"):
+        crps_ensemble(y_nan, np.where(hole, 0.0, np.nan) + x)
