@@ -1,4 +1,6 @@
-"""Data layer: field collections (`fields`), sparse observations (`observations`).
+"""Data layer: field collections (`fields`), sparse observations (`observations`), readers of
+the analyst's own files (`readers`: `from_xarray`, `ObservationSet.from_dataframe` /
+`ObservationSet.from_xarray`).
 
 The simulators live in `sdift_prob.data.simulate` and are imported from there on demand.
 """
@@ -19,3 +21,7 @@ from .observations import PaddedObservations as PaddedObservations
 from .observations import add_noise as add_noise
 from .observations import sample_observations as sample_observations
 from .observations import select_trajectory as select_trajectory
+from .readers import from_xarray as from_xarray
+from .readers import observations_from_dataframe as observations_from_dataframe
+from .readers import observations_from_xarray as observations_from_xarray
+from .readers import to_float_time as to_float_time

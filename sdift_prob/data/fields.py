@@ -29,7 +29,7 @@ FIELD_FORMAT_VERSION = 1
 SPLIT_VALUES = ("train", "test")
 # Attrs this module owns; provenance may not overwrite them.
 _RESERVED_ATTRS = frozenset(
-    {"sdift_kind", "sdift_format_version", "simulator", "parameters", "seed", "units", "long_name"}
+    {"sdift_kind", "sdift_format_version", "simulator", "parameters", "seed", "units", "long_name", "n_missing"}
 )
 
 
@@ -63,6 +63,23 @@ def _check_finite(arr: np.ndarray, argument: str) -> None:
         raise bad_input(argument, "finite values only", f"{int(bad.sum())} NaN/inf entries of {arr.size}")
 
 
+def _check_missing(arr: np.ndarray, argument: str, allow_missing: bool) -> None:
+    """Finite values, or (with `allow_missing`) NaN as the mask of missing entries: infinities are
+    always an error, and so is an array with no finite value at all."""
+    if not allow_missing:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise bad_input(argument, "finite values only (this step needs complete fields; NaN masks of "
+                            "missing/land entries are accepted by from_xarray, save/load, sample_observations "
+                            "and the metrics)", f"{int(bad.sum())} NaN/inf entries of {arr.size}")
+        return
+    inf = np.isinf(arr)
+    if inf.any():
+        raise bad_input(argument, "finite values or NaN (missing)", f"{int(inf.sum())} infinite entries of {arr.size}")
+    if arr.size and np.isnan(arr).all():
+        raise bad_input(argument, "at least one value that is not missing", f"all {arr.size} entries NaN")
+
+
 def _check_axis(values: np.ndarray, argument: str) -> None:
     """1-D, finite, strictly increasing coordinate (no duplicates)."""
     if values.ndim != 1 or values.size == 0:
@@ -91,6 +108,7 @@ def make_field_dataset(
     coord_units: Mapping[str, str],
     provenance: Mapping[str, Any],
     coord_long_names: Mapping[str, str] | None = None,
+    allow_missing: bool = False,
 ) -> xr.Dataset:
     """Build a validated field collection (without a train/test split; see `assign_split`).
 
@@ -107,6 +125,8 @@ def make_field_dataset(
       stored as a JSON string) and `"seed"` (int). Further str/int/float entries are stored as
       attrs as they are.
     - `coord_long_names`: optional long names of `"time"`/space dims (default: the dim name).
+    - `allow_missing`: accept NaN in `values` as the mask of missing entries (land, gaps);
+      the count goes into attrs `n_missing`. Infinities are always an error.
 
     **Returns:**
 
@@ -126,7 +146,9 @@ def make_field_dataset(
                         f"shape {arr.shape}")
     if arr.shape[0] < 1:
         raise bad_input("values", "at least one trajectory", f"shape {arr.shape}")
-    _check_finite(arr, "values")
+    if not isinstance(allow_missing, bool):
+        raise bad_input("allow_missing", "True or False", allow_missing)
+    _check_missing(arr, "values", allow_missing)
     t = _float_array(time, "time", ndim=1).astype(np.float64)
     _check_axis(t, "time")
     if t.shape[0] != arr.shape[1]:
@@ -158,6 +180,9 @@ def make_field_dataset(
     if extra:
         raise bad_input("coord_long_names", f"only the coordinates {('time', *dims)}", f"unknown {extra}")
     attrs = _provenance_attrs(provenance)
+    n_missing = int(np.isnan(arr).sum())
+    if n_missing:
+        attrs["n_missing"] = n_missing
 
     coords: dict[str, Any] = {
         "trajectory": ("trajectory", np.arange(arr.shape[0], dtype=np.int64)),
@@ -176,7 +201,7 @@ def make_field_dataset(
             **attrs,
         },
     )
-    return validate_field_dataset(ds, require_split=False)
+    return validate_field_dataset(ds, require_split=False, allow_missing=allow_missing)
 
 
 def _provenance_attrs(provenance: Mapping[str, Any]) -> dict[str, Any]:
@@ -218,13 +243,16 @@ def space_dims(ds: xr.Dataset) -> tuple[str, ...]:
     return tuple(str(d) for d in ds["field"].dims[2:])
 
 
-def validate_field_dataset(ds: xr.Dataset, *, require_split: bool = True) -> xr.Dataset:
+def validate_field_dataset(ds: xr.Dataset, *, require_split: bool = True, allow_missing: bool = False) -> xr.Dataset:
     """Check that `ds` is a well-formed field collection; return it unchanged.
 
     **Arguments:**
 
     - `ds`: the dataset to check.
     - `require_split`: also require the `split` coordinate (set by `assign_split`).
+    - `allow_missing`: accept NaN entries of `field` (missing values / land mask, e.g. from
+      `from_xarray`); infinities and an all-NaN field are errors either way. Steps that need
+      complete fields keep the default False and fail with a message saying so.
 
     **Returns:**
 
@@ -248,7 +276,7 @@ def validate_field_dataset(ds: xr.Dataset, *, require_split: bool = True) -> xr.
         raise bad_input("ds['field'].dims", "('trajectory', 'time', *space_dims) with at least one space dim", dims)
     if field.dtype.kind != "f":
         raise bad_input("ds['field']", "float values", f"dtype {field.dtype}")
-    _check_finite(np.asarray(field.values), "ds['field']")
+    _check_missing(np.asarray(field.values), "ds['field']", allow_missing)
     for d in dims[1:]:
         if d not in ds.coords:
             raise bad_input("ds", f"a coordinate for dim {d!r}", "none")
@@ -298,7 +326,7 @@ def assign_split(ds: xr.Dataset, *, n_test: int, key: jax.Array) -> xr.Dataset:
     A copy of `ds` with coord `split` `(B,)` of `"train"`/`"test"`. Train and test never
     overlap and together cover every trajectory.
     """
-    validate_field_dataset(ds, require_split=False)
+    validate_field_dataset(ds, require_split=False, allow_missing=True)
     _check_key(key)
     b = ds.sizes["trajectory"]
     if isinstance(n_test, bool) or not isinstance(n_test, (int, np.integer)) or not 0 <= n_test < b:
@@ -310,7 +338,7 @@ def assign_split(ds: xr.Dataset, *, n_test: int, key: jax.Array) -> xr.Dataset:
 
 
 def _part(ds: xr.Dataset, which: str) -> xr.Dataset:
-    validate_field_dataset(ds)
+    validate_field_dataset(ds, allow_missing=True)
     sel = np.asarray(ds.coords["split"].values).astype(str) == which
     if not sel.any():
         raise bad_input("ds", f"at least one {which!r} trajectory", "none in split")
@@ -353,8 +381,11 @@ class Normalizer:
 
     @classmethod
     def from_fields(cls, ds: xr.Dataset) -> Normalizer:
-        """Mean and std of all entries of the training trajectories of `ds`."""
+        """Mean and std of all entries of the training trajectories of `ds` (missing entries,
+        NaN, are left out)."""
         values = np.asarray(train_part(ds)["field"].values, dtype=np.float64)
+        if np.isnan(values).any():
+            values = values[~np.isnan(values)]
         std = float(values.std())
         if std <= 0:
             raise bad_input("ds", "training fields that are not constant", f"std {std}")
@@ -385,7 +416,8 @@ def save_fields(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = Fa
 
     **Arguments:**
 
-    - `ds`: a validated field collection with a `split`.
+    - `ds`: a validated field collection with a `split` (NaN entries, a missing-value mask,
+      are written as NaN).
     - `path`: target file; refused if it exists unless `overwrite=True`.
 
     **Returns:**
@@ -393,7 +425,7 @@ def save_fields(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = Fa
     The path written. The values keep their float dtype; `load_fields` gives back an identical
     dataset.
     """
-    validate_field_dataset(ds)
+    validate_field_dataset(ds, allow_missing=True)
     out = ds.copy()
     # Strings as fixed-width unicode so they come back as the same dtype.
     out = out.assign_coords(split=("trajectory", np.asarray(out.coords["split"].values).astype("<U5")))
@@ -412,7 +444,8 @@ def save_fields(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = Fa
 
 
 def load_fields(path: str | os.PathLike) -> xr.Dataset:
-    """Read a field collection written by `save_fields` (fully into memory).
+    """Read a field collection written by `save_fields` (fully into memory; missing entries
+    stay NaN).
 
     Raises `InputError` if the file does not exist and `FormatError` if it is not a readable
     netCDF file, not a field collection, or fails validation.
@@ -423,11 +456,11 @@ def load_fields(path: str | os.PathLike) -> xr.Dataset:
         raise FormatError(f"{p}: not an sdift field collection (sdift_kind={ds.attrs.get('sdift_kind')!r})")
     if "split" in ds.coords:
         ds = ds.assign_coords(split=("trajectory", np.asarray(ds.coords["split"].values).astype("<U5")))
-    for name in ("seed", "sdift_format_version"):
+    for name in ("seed", "sdift_format_version", "n_missing"):
         if isinstance(ds.attrs.get(name), np.integer):
             ds.attrs[name] = int(ds.attrs[name])
     try:
-        validate_field_dataset(ds)
+        validate_field_dataset(ds, allow_missing=True)
     except InputError as exc:
         raise FormatError(f"{p}: not a valid field collection: {exc}") from exc
     for name in ds.variables:

@@ -333,6 +333,34 @@ class ObservationSet:
         except (KeyError, ValueError, TypeError) as exc:  # InputError is a ValueError
             raise FormatError(f"malformed observation set: {type(exc).__name__}: {exc}") from exc
 
+    @classmethod
+    def from_dataframe(cls, df: Any, *, value: str, coords: Mapping[str, str] | Sequence[str], time: str = "time",
+                       noise_scale: str | float | None = None, noise_model: str = "unknown",
+                       time_origin: Any = None, time_units: str = "days",
+                       attrs: Mapping[str, Any] | None = None) -> ObservationSet:
+        """Read a point table (`pandas.DataFrame`, one row per observation); rows with a missing
+        value, time or coordinate are dropped and counted in `attrs["dropped"]`. See
+        `sdift_prob.data.readers.observations_from_dataframe` for the arguments."""
+        from .readers import observations_from_dataframe
+
+        return observations_from_dataframe(df, value=value, coords=coords, time=time, noise_scale=noise_scale,
+                                           noise_model=noise_model, time_origin=time_origin,
+                                           time_units=time_units, attrs=attrs)
+
+    @classmethod
+    def from_xarray(cls, ds: xr.Dataset, *, value: str, coords: Mapping[str, str] | Sequence[str],
+                    time: str = "time", noise_scale: str | float | None = None, noise_model: str = "unknown",
+                    time_origin: Any = None, time_units: str = "days",
+                    attrs: Mapping[str, Any] | None = None) -> ObservationSet:
+        """Read point data on any dims, e.g. Argo-style profiles `(N_PROF, N_LEVELS)` (flattened;
+        missing levels dropped and counted in `attrs["dropped"]`). See
+        `sdift_prob.data.readers.observations_from_xarray` for the arguments."""
+        from .readers import observations_from_xarray
+
+        return observations_from_xarray(ds, value=value, coords=coords, time=time, noise_scale=noise_scale,
+                                        noise_model=noise_model, time_origin=time_origin,
+                                        time_units=time_units, attrs=attrs)
+
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write to netCDF (h5netcdf) atomically; refused if `path` exists unless `overwrite`."""
         ds = self.to_dataset()
@@ -437,8 +465,9 @@ def add_noise(
 # -- samplers ---------------------------------------------------------------------------------
 def select_trajectory(ds: xr.Dataset, index: int) -> xr.DataArray:
     """Trajectory `index` (position, `0 <= index < B`) of a field collection as a DataArray
-    with dims `("time", *space_dims)`, physical coords and the field's attrs."""
-    validate_field_dataset(ds, require_split=False)
+    with dims `("time", *space_dims)`, physical coords and the field's attrs (NaN entries, a
+    missing-value mask, are kept)."""
+    validate_field_dataset(ds, require_split=False, allow_missing=True)
     b = ds.sizes["trajectory"]
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < b:
         raise bad_input("index", f"a trajectory position in [0, {b - 1}]", index)
@@ -459,7 +488,13 @@ def _check_trajectory(trajectory: Any) -> tuple[np.ndarray, np.ndarray, tuple[st
     values = np.asarray(trajectory.values)
     if values.dtype.kind != "f":
         raise bad_input("trajectory", "float values", f"dtype {values.dtype}")
-    _count_nonfinite(values, "trajectory")
+    # NaN marks missing entries (land, gaps): never observed. Infinities are an error.
+    inf = np.isinf(values)
+    if inf.any():
+        raise bad_input("trajectory", "finite values or NaN (missing)", f"{int(inf.sum())} infinite entries "
+                        f"of {values.size}")
+    if values.size and np.isnan(values).all():
+        raise bad_input("trajectory", "at least one value that is not missing", f"all {values.size} entries NaN")
     axes = []
     for d in dims:
         if d not in trajectory.coords:
@@ -546,6 +581,12 @@ def sample_observations(
     - `noise`, `noise_scale`: noise model and scale in physical units (see `add_noise`).
     - `poisson_offset`: offset of the poisson model; default the trajectory's minimum.
 
+    Missing entries (NaN in `trajectory`, e.g. land) are never observed: only entries (for
+    profiles, columns with at least one level) that are not missing are drawn, `rho` is then a
+    fraction of those, and profile levels or off-grid points that fall on missing entries are
+    dropped. `attrs["missing_entries"]` (missing grid entries at the observed time stamps) and
+    `attrs["dropped_missing"]` (points dropped) count them.
+
     **Returns:** an `ObservationSet` (points sorted by time) whose `attrs` record the sampling
     parameters (and `poisson_offset` for poisson noise).
     """
@@ -589,6 +630,8 @@ def sample_observations(
                             forecast_after)
 
     shape = values.shape[1:]
+    missing = np.isnan(values)
+    has_missing = bool(missing.any())
     k_sel, k_jit, k_noise = jax.random.split(key, 3)
     # One key per time stamp of the grid, so the draw at a time does not depend on the others
     # (settings 1 and 2 pick the same points at the time stamps they share).
@@ -609,13 +652,35 @@ def sample_observations(
     else:
         n_pool = int(np.prod(shape))
         count = max(1, _round_half_up(rho * n_pool))
-    picks = np.stack(
-        [np.random.default_rng(seeds[i]).choice(n_pool, size=count, replace=False) for i in observed]
-    ).astype(np.int64).reshape(observed.size, count)
+    if not has_missing:
+        picks = np.stack(
+            [np.random.default_rng(seeds[i]).choice(n_pool, size=count, replace=False) for i in observed]
+        ).astype(np.int64).reshape(observed.size, count).ravel()
+        counts = np.full(observed.size, count, dtype=np.int64)
+    else:
+        # Missing entries (NaN) are never drawn: the pool at each time stamp is the entries (or,
+        # for profiles, the columns with at least one level) that are not missing, and `rho` is a
+        # fraction of that pool.
+        chosen, sizes = [], []
+        for i in observed:
+            valid = ~missing[i]
+            valid = valid.reshape(n_h, -1).any(axis=1) if pattern == "profiles" else valid.ravel()
+            pool = np.flatnonzero(valid)
+            if pattern == "profiles" and n_profiles is not None:
+                c = count
+                if c > pool.size:
+                    raise bad_input("n_profiles", f"an int in [1, {pool.size}] (horizontal positions with data "
+                                    f"at time {t_axis[i]!r}; the others are missing)", n_profiles)
+            else:
+                c = max(1, _round_half_up(rho * pool.size)) if pool.size else 0
+            chosen.append(pool[np.random.default_rng(seeds[i]).choice(pool.size, size=c, replace=False)])
+            sizes.append(c)
+        picks = np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)
+        counts = np.asarray(sizes, dtype=np.int64)
 
     if pattern == "profiles":
         depth = shape[-1]
-        h_index = np.stack(np.unravel_index(picks.ravel(), shape[:-1]), axis=-1)  # (n_cols, K-1)
+        h_index = np.stack(np.unravel_index(picks, shape[:-1]), axis=-1).reshape(-1, len(shape) - 1)  # (n_cols, K-1)
         if jitter > 0:
             h_coords = _jitter_coords(k_jit, h_index, axes[:-1], float(jitter))
         else:
@@ -627,14 +692,14 @@ def sample_observations(
         coords = np.concatenate(
             [np.repeat(h_coords, depth, axis=0), np.tile(axes[-1], n_cols)[:, None]], axis=1
         )
-        t_index = np.repeat(observed, count * depth)
+        t_index = np.repeat(observed, counts * depth)
     else:
-        index = np.stack(np.unravel_index(picks.ravel(), shape), axis=-1)
+        index = np.stack(np.unravel_index(picks, shape), axis=-1).reshape(-1, len(shape))
         if jitter > 0:
             coords = _jitter_coords(k_jit, index, axes, float(jitter))
         else:
             coords = np.stack([axes[j][index[:, j]] for j in range(len(axes))], axis=-1)
-        t_index = np.repeat(observed, count)
+        t_index = np.repeat(observed, counts)
 
     if jitter > 0:
         exact = np.empty(t_index.size)
@@ -643,10 +708,17 @@ def sample_observations(
             exact[rows] = _interpolate(values[ti], axes, coords[rows])
     else:
         exact = values[(t_index, *index.T)].astype(np.float64)
+    dropped_missing = 0
+    if has_missing:
+        # Profile levels that are missing, and off-grid points next to a missing entry (their
+        # interpolated value is NaN), are dropped and counted in attrs["dropped_missing"].
+        keep = np.isfinite(exact)
+        dropped_missing = int((~keep).sum())
+        exact, coords, t_index = exact[keep], coords[keep], t_index[keep]
 
     offset = None
     if noise == "poisson":
-        offset = float(values.min()) if poisson_offset is None else poisson_offset
+        offset = float(np.nanmin(values)) if poisson_offset is None else poisson_offset
     noisy, std = add_noise(k_noise, exact, noise, scale, offset=offset)
 
     attrs: dict[str, Any] = {
@@ -660,6 +732,9 @@ def sample_observations(
         "noise_scale": scale,
         "points_per_time_stamp": int(t_index.size // max(1, observed.size)),
     }
+    if has_missing:
+        attrs["missing_entries"] = int(missing[observed].sum())
+        attrs["dropped_missing"] = dropped_missing
     if offset is not None:
         attrs["poisson_offset"] = float(offset)
     if isinstance(trajectory.attrs.get("units"), str):
