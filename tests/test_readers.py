@@ -407,3 +407,21 @@ def test_example_script_is_deterministic(tmp_path):
                                         coords={"lat": "latitude", "lon": "longitude", "depth": "depth"},
                                         time_origin=examples.TIME_ORIGIN)
     assert obs.value.min() > float(truth.min()) - 5 and obs.value.max() < float(truth.max()) + 5
+
+
+def test_concatenate_sets():
+    a = ObservationSet.from_xarray(profiles(), value="SOUND_SPEED", time="JULD",
+                                   coords={"lat": "LATITUDE", "lon": "LONGITUDE", "depth": "DEPTH"},
+                                   noise_scale="TEMP_ERR", noise_model="gaussian")
+    df = table()
+    b = ObservationSet.from_dataframe(df, value="c", time="when", coords={"lat": "latitude", "lon": "longitude",
+                                      "depth": "z"}, noise_scale=0.5, noise_model="gaussian")
+    both = ObservationSet.concatenate([a, b])
+    assert both.n_points == a.n_points + b.n_points and both.noise_model == "gaussian"
+    np.testing.assert_array_equal(both.value, np.concatenate([a.value, b.value]))
+    assert both.attrs["sources"][0]["dropped"] == a.attrs["dropped"]
+    c = ObservationSet.from_dataframe(df, value="c", time="when", coords=["latitude", "longitude"])
+    with pytest.raises(InputError, match=r"sets\[1\].space_dims"):
+        ObservationSet.concatenate([a, c])
+    with pytest.raises(InputError, match="sets: expected a non-empty sequence"):
+        ObservationSet.concatenate(a)

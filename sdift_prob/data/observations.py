@@ -334,6 +334,32 @@ class ObservationSet:
             raise FormatError(f"malformed observation set: {type(exc).__name__}: {exc}") from exc
 
     @classmethod
+    def concatenate(cls, sets: Sequence[ObservationSet], *, attrs: Mapping[str, Any] | None = None) -> ObservationSet:
+        """One set with the points of all `sets` (in order), e.g. profiles and ship samples.
+
+        All sets must have the same `space_dims`. The noise model is kept when all agree (else
+        `"unknown"`; per-point `noise_scale` is kept either way). `attrs` (default
+        `{"sources": [each set's attrs]}`) becomes the result's provenance.
+        """
+        if isinstance(sets, ObservationSet) or not isinstance(sets, Sequence) or len(sets) == 0 \
+                or not all(isinstance(o, ObservationSet) for o in sets):
+            raise bad_input("sets", "a non-empty sequence of ObservationSets", type(sets).__name__)
+        dims = sets[0].space_dims
+        for i, o in enumerate(sets):
+            if o.space_dims != dims:
+                raise bad_input(f"sets[{i}].space_dims", f"the space dims of sets[0] {dims}", o.space_dims)
+        models = {o.noise_model for o in sets}
+        return cls(
+            value=np.concatenate([o.value for o in sets]),
+            time=np.concatenate([o.time for o in sets]),
+            coords=np.concatenate([o.coords for o in sets]),
+            space_dims=dims,
+            noise_scale=np.concatenate([o.noise_scale for o in sets]),
+            noise_model=models.pop() if len(models) == 1 else "unknown",
+            attrs=dict(attrs) if attrs is not None else {"sources": [o.attrs for o in sets]},
+        )
+
+    @classmethod
     def from_dataframe(cls, df: Any, *, value: str, coords: Mapping[str, str] | Sequence[str], time: str = "time",
                        noise_scale: str | float | None = None, noise_model: str = "unknown",
                        time_origin: Any = None, time_units: str = "days",
