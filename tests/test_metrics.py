@@ -177,3 +177,22 @@ def test_ensemble_metrics_mask_missing_truth():
     assert np.isnan(pit[hole]).all() and ((pit[keep] >= 0) & (pit[keep] <= 1)).all()
     with pytest.raises(InputError, match="draws.*where the truth is not missing"):
         crps_ensemble(y_nan, np.where(hole, 0.0, np.nan) + x)
+
+
+def test_gaussian_crps_and_coverage_agree_with_large_ensembles():
+    from sdift_prob.metrics import crps_gaussian, gaussian_interval_coverage
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal(400)
+    mean = 0.3 * rng.standard_normal(400)
+    std = np.full(400, 1.2)
+    draws = mean + std * rng.standard_normal((4000, 400))
+    assert abs(crps_gaussian(truth, mean, std) - crps_ensemble(truth, draws)) < 0.01
+    cov = gaussian_interval_coverage(truth, mean, std, levels=(0.5, 0.9))
+    ens = interval_coverage(truth, draws, levels=(0.5, 0.9))
+    for level in (0.5, 0.9):
+        assert abs(cov[level] - ens[level]) < 0.03
+    # point mass limit: CRPS -> |y - m|
+    np.testing.assert_allclose(crps_gaussian(np.array([1.0]), np.array([0.0]), np.array([1e-9])), 1.0, atol=1e-6)
+    with pytest.raises(InputError, match="std"):
+        crps_gaussian(truth, mean, np.zeros(400))
