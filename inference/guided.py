@@ -60,6 +60,8 @@ from sdift_prob.data.observations import TIME_RTOL, PaddedObservations
 from sdift_prob.errors import NumericalError, bad_input
 from sdift_prob.gp import TemporalKernel, loo_weights
 from sdift_prob.gpsd.edm import EDMConfig, karras_sigmas
+from sdift_prob.parallel import DRAWS_AXIS, device_count
+from sdift_prob.parallel import mesh as device_mesh
 
 from .noise import DEFAULT_PRIOR_SCALE, update_sigma
 
@@ -332,6 +334,42 @@ def _as_padded(padded: Any, M: int, P: int) -> PaddedObservations:
     )
 
 
+# The sampler runs in float32: observation values and noise levels (normalised field units)
+# beyond these bounds overflow its squared residuals and Fisher weights. Values that far from the
+# training distribution (~1e8 training standard deviations) are almost always a units mistake.
+MAX_ABS_VALUE = 1e8
+MIN_SIGMA = 1e-6
+
+
+def _check_float32_range(pad: PaddedObservations, config: GuidedConfig) -> None:
+    mask = np.asarray(pad.mask)
+    if not mask.any():
+        return
+    values = np.asarray(pad.values, dtype=np.float64)[mask]
+    peak = float(np.max(np.abs(values)))
+    if not np.isfinite(values).all() or peak > MAX_ABS_VALUE:
+        raise bad_input(
+            "padded.values",
+            f"observation values within {MAX_ABS_VALUE:g} normalised units (training standard deviations "
+            "about the training mean); the sampler runs in float32; check the units of the observations",
+            f"|value| up to {peak:.3g}",
+        )
+    levels = []
+    if config.sigma_y == "metadata":
+        levels = np.asarray(pad.noise_scale, dtype=np.float64)[mask]
+        name = "padded.noise_scale"
+    elif _is_number(config.sigma_y):
+        levels = np.asarray([float(config.sigma_y)])
+        name = "config.sigma_y"
+    if len(levels) and float(np.min(levels)) < MIN_SIGMA:
+        raise bad_input(
+            name,
+            f"noise levels >= {MIN_SIGMA:g} normalised units (training standard deviations); smaller ones "
+            "overflow the float32 sampler; pass a larger sigma for (nearly) noise-free data",
+            f"a noise level of {float(np.min(levels)):.3g}",
+        )
+
+
 def _likelihood_kwargs(config: GuidedConfig) -> dict[str, float]:
     return dict(config.likelihood_params)
 
@@ -431,6 +469,7 @@ def prepare(
         np.zeros((M, *core_shape)), d, pad, likelihood=config.likelihood, sigma=sigma_check,
         sigma_prior_scale=config.sigma_prior_scale, **_likelihood_kwargs(config),
     )
+    _check_float32_range(pad, config)
     n_obs = int(np.asarray(pad.mask).sum())
     if config.infer_sigma and n_obs < 2:
         raise bad_input("padded", "at least 2 observed points to infer sigma_y", f"{n_obs} observed points")
@@ -825,6 +864,37 @@ def _sample_chunk(
     return jax.vmap(lambda k: _run_chain(k, denoise, problem, config))(keys)
 
 
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)
+def _sample_chunk_sharded(
+    keys: PRNGKeyArray, denoise: Denoiser, problem: GuidedProblem, config: GuidedConfig, mesh: Any
+) -> tuple[GuidedState, GuidedInfo]:
+    """`_sample_chunk` with the draws split over the devices of `mesh` (axis `"draws"`).
+
+    The denoiser's and the problem's arrays are replicated; every device runs the vmapped chains
+    of its slice of `keys`, so each draw's arithmetic is the one of `_sample_chunk`.
+    """
+    dyn, static = eqx.partition((denoise, problem), eqx.is_array)
+
+    def local(k: PRNGKeyArray, d: Any) -> tuple[GuidedState, GuidedInfo]:
+        den, prob = eqx.combine(d, static)
+        return jax.vmap(lambda kk: _run_chain(kk, den, prob, config))(k)
+
+    spec = jax.sharding.PartitionSpec(DRAWS_AXIS)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(spec, jax.sharding.PartitionSpec()), out_specs=spec, check_vma=False
+    )(keys, dyn)
+
+
+def _draw_devices(devices: Any) -> int:
+    available = device_count()
+    if devices is None:
+        return available
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or not 1 <= devices <= available:
+        raise bad_input("devices", f"None (all {available} devices) or an integer in [1, {available}]", devices)
+    return int(devices)
+
+
 def sample_posterior(
     key: PRNGKeyArray,
     denoise: Denoiser,
@@ -840,6 +910,7 @@ def sample_posterior(
     core_shape: tuple[int, ...] | None = None,
     chunk_size: int | None = None,
     progress: bool = False,
+    devices: int | None = None,
 ) -> tuple[Float[np.ndarray, "num_draws M *R"], dict[str, np.ndarray]]:
     """Draw core sequences from the guided posterior (DPS or MPDPS).
 
@@ -864,6 +935,11 @@ def sample_posterior(
     - `core_shape`: `(R1, .., RK)` (default `(D,)`).
     - `chunk_size`: draws per compiled call (default: all at once).
     - `progress`: show a progress bar over chunks (`tqdm.auto`).
+    - `devices`: devices to split each chunk's draws over (`jax.shard_map` on a mesh axis
+      `"draws"`): None = all of `jax.devices()` (automatic; one device is the plain vmap), or an
+      int. A chunk is padded up to a multiple of the device count (the extra chains are
+      discarded); the draws equal the 1-device draws to float32 rounding (XLA may order the
+      per-device batch's dots and convolutions differently; often bitwise).
 
     **Returns:** `(draws, info)`: `draws` NumPy `(num_draws, M, R1, .., RK)` in FTM core units;
     `info` a dict of NumPy arrays: `sigma_y (num_draws,)` final noise level (the fixed value when
@@ -883,16 +959,24 @@ def sample_posterior(
         raise bad_input("chunk_size", "an integer >= 1 or None", chunk_size)
     problem = prepare(design, padded, core_mean=core_mean, core_std=core_std, times_norm=times_norm,
                       noise_chol=noise_chol, config=config, core_shape=core_shape)
+    n_dev = _draw_devices(devices)
     keys = jax.random.split(key, int(num_draws))
     chunk = min(int(chunk_size), int(num_draws))
+    mesh = None
+    if n_dev > 1:
+        chunk = -(-chunk // n_dev) * n_dev  # every device gets the same number of chains
+        mesh = device_mesh(n_dev, DRAWS_AXIS)
     states, infos = [], []
     starts = range(0, int(num_draws), chunk)
     for start in tqdm(starts, desc=f"{config.method} sampling", disable=not progress or len(starts) == 1):
         part = keys[start:start + chunk]
         n = part.shape[0]
         if n < chunk:  # pad so the compiled shape is reused; the extra chains are discarded below
-            part = jnp.concatenate([part, keys[: chunk - n]])
-        state, info = _sample_chunk(part, denoise, problem, config)
+            part = jnp.concatenate([part, keys[np.arange(chunk - n) % keys.shape[0]]])
+        if mesh is None:
+            state, info = _sample_chunk(part, denoise, problem, config)
+        else:
+            state, info = _sample_chunk_sharded(part, denoise, problem, config, mesh)
         states.append(jax.tree_util.tree_map(lambda a, n=n: np.asarray(a[:n]), state))
         infos.append(jax.tree_util.tree_map(lambda a, n=n: np.asarray(a[:n]), info))
     state = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *states)
@@ -935,7 +1019,7 @@ def union_times(
 ) -> tuple[Float[np.ndarray, " U"], Int[np.ndarray, " n_out"], Int[np.ndarray, " n_obs"]]:
     """Sorted union of the output time stamps and the observation time stamps.
 
-    Times closer than `rtol × (time span)` are merged (the same tolerance as
+    Times closer than `rtol × (span of output_times)` are merged (the same tolerance as
     `ObservationSet.to_padded`); a merged stamp takes the output time's value, so the output
     grid is reproduced exactly.
 
@@ -967,9 +1051,10 @@ def union_times(
         raise bad_input("output_times", "at least one time", out)
     if not (_is_number(rtol) and math.isfinite(rtol) and rtol >= 0):
         raise bad_input("rtol", "a finite number >= 0", rtol)
-    both = np.concatenate([out, obs])
-    span = float(both.max() - both.min())
-    tol = rtol * (span if span > 0 else max(1.0, float(np.abs(both).max())))
+    # The tolerance scales with the output grid only: a far-away observation time must not
+    # widen it until distinct output (or observation) times merge.
+    span = float(out.max() - out.min())
+    tol = rtol * (span if span > 0 else max(1.0, float(np.abs(out).max())))
     sorted_out = np.sort(out)
     gaps = np.diff(sorted_out)
     if (gaps <= tol).any():

@@ -27,3 +27,12 @@ def bad_input(argument: str, expected: str, got: Any) -> InputError:
     if len(shown) > 200:
         shown = shown[:200] + "..."
     return InputError(f"{argument}: expected {expected}, got {shown}")
+
+
+class TrainingInterrupted(SdiftError):
+    """Training stopped on SIGINT/SIGTERM; `step` steps (or epochs) are done and saved in
+    `checkpoint` (None when no checkpoint folder was given)."""
+
+    def __init__(self, message: str, step: int, checkpoint: Any = None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
+import os
+import signal
+import threading
 import time as _time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import equinox as eqx
@@ -30,7 +35,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ..data.fields import Normalizer, space_dims, validate_field_dataset
-from ..errors import NumericalError, bad_input
+from ..errors import NumericalError, TrainingInterrupted, bad_input
 from .tucker import FunctionalTucker, _decode_grid, check_ranks, decode_grid
 
 
@@ -239,35 +244,81 @@ def _loss(params, grids, y, mask, beta_tv):
     return mse
 
 
-@eqx.filter_jit
-def _run_epoch(model, nets_state, cores, cores_state, y, mask, grids, key, beta_tv, *, opt_nets, opt_cores, batch):
-    n_traj = cores.shape[0]
+def _constrain(a, mesh, spec: str):
+    """Sharding constraint inside jit: `"batch"` splits axis 0 over the mesh, `"rep"` replicates."""
+    if mesh is None:
+        return a
+    from ..parallel import batch_sharding, replicated
+
+    def one(x):
+        if not eqx.is_array(x):
+            return x
+        sh = batch_sharding(mesh, x.ndim) if spec == "batch" else replicated(mesh)
+        return lax.with_sharding_constraint(x, sh)
+
+    return jax.tree_util.tree_map(one, a)
+
+
+def _batch_update(dyn, params_static, n_state, all_cores, c_state, idx, yb, mb, grids, beta_tv, opt_nets, opt_cores,
+                  mesh):
+    """One optimiser step on the trajectories `idx`: shared networks (replicated) and their cores.
+
+    With a mesh the minibatch (cores, values, mask) is split over the devices and the network
+    gradient is all-reduced by XLA (data parallel)."""
+    net = eqx.combine(dyn, params_static)
+    cb = _constrain(all_cores[idx], mesh, "batch")
+    yb = _constrain(yb, mesh, "batch")
+    mb = _constrain(mb, mesh, "batch")
+    sb = jax.tree_util.tree_map(lambda s: s[idx], c_state)
+    loss, (g_net, g_cores) = eqx.filter_value_and_grad(_loss)((net, cb), grids, yb, mb, beta_tv)
+    g_dyn = _constrain(eqx.filter(g_net, eqx.is_inexact_array), mesh, "rep")
+    upd, n_state = opt_nets.update(g_dyn, n_state, dyn)
+    dyn = _constrain(eqx.apply_updates(dyn, upd), mesh, "rep")
+    # one Adam state per trajectory, so a core's moments only move when it is in a batch
+    upd_c, sb = jax.vmap(opt_cores.update)(g_cores, sb, cb)
+    all_cores = all_cores.at[idx].set(cb + upd_c)
+    c_state = jax.tree_util.tree_map(lambda s, v: s.at[idx].set(v), c_state, sb)
+    return dyn, n_state, all_cores, c_state, loss
+
+
+def _epoch_order(key, n_traj: int, batch: int):
     n_steps = -(-n_traj // batch)
     perm = jax.random.permutation(key, n_traj)
     # fill the last batch from the start of the permutation so every batch has one shape
     pad = n_steps * batch - n_traj
-    order = jnp.concatenate([perm, perm[:pad]]).reshape(n_steps, batch)
+    return jnp.concatenate([perm, perm[:pad]]).reshape(n_steps, batch)
+
+
+@eqx.filter_jit
+def _run_epoch(model, nets_state, cores, cores_state, y, mask, grids, key, beta_tv, *, opt_nets, opt_cores, batch,
+               mesh=None):
+    order = _epoch_order(key, cores.shape[0], batch)
     params_dyn, params_static = eqx.partition(model, eqx.is_inexact_array)
 
     def step(carry, idx):
         dyn, n_state, all_cores, c_state = carry
-        net = eqx.combine(dyn, params_static)
-        cb = all_cores[idx]
-        sb = jax.tree_util.tree_map(lambda s: s[idx], c_state)
-        loss, (g_net, g_cores) = eqx.filter_value_and_grad(_loss)((net, cb), grids, y[idx], mask[idx], beta_tv)
-        g_dyn = eqx.filter(g_net, eqx.is_inexact_array)
-        upd, n_state = opt_nets.update(g_dyn, n_state, dyn)
-        dyn = eqx.apply_updates(dyn, upd)
-        # one Adam state per trajectory, so a core's moments only move when it is in a batch
-        upd_c, sb = jax.vmap(opt_cores.update)(g_cores, sb, cb)
-        all_cores = all_cores.at[idx].set(cb + upd_c)
-        c_state = jax.tree_util.tree_map(lambda s, v: s.at[idx].set(v), c_state, sb)
+        dyn, n_state, all_cores, c_state, loss = _batch_update(
+            dyn, params_static, n_state, all_cores, c_state, idx, y[idx], mask[idx], grids, beta_tv,
+            opt_nets, opt_cores, mesh,
+        )
         return (dyn, n_state, all_cores, c_state), loss
 
     (params_dyn, nets_state, cores, cores_state), losses = lax.scan(
         step, (params_dyn, nets_state, cores, cores_state), order
     )
     return eqx.combine(params_dyn, params_static), nets_state, cores, cores_state, jnp.mean(losses)
+
+
+@eqx.filter_jit
+def _stream_step(model, nets_state, cores, cores_state, idx, yb, mb, grids, beta_tv, *, opt_nets, opt_cores,
+                 mesh=None):
+    """`_run_epoch`'s step for one minibatch handed in from the host (streamed training)."""
+    params_dyn, params_static = eqx.partition(model, eqx.is_inexact_array)
+    dyn, nets_state, cores, cores_state, loss = _batch_update(
+        params_dyn, params_static, nets_state, cores, cores_state, idx, yb, mb, grids, beta_tv, opt_nets, opt_cores,
+        mesh,
+    )
+    return eqx.combine(dyn, params_static), nets_state, cores, cores_state, loss
 
 
 @eqx.filter_jit
@@ -287,6 +338,66 @@ def _vrmse_from_sse(sse: np.ndarray, counts: np.ndarray, variance: np.ndarray) -
         return np.sqrt(np.where(counts > 0, sse / np.maximum(counts, 1), np.nan) / (variance + 1e-7))
 
 
+FIT_CHECKPOINT_KIND = "ftm_fit_checkpoint"
+FIT_CHECKPOINT_NAME = "ftm-checkpoint.eqx"
+
+
+def _trajectory_masks(key: PRNGKeyArray, lo: int, hi: int, traj_shape: tuple[int, ...], train_fraction: float,
+                      holdout_fraction: float):
+    """The rows `lo:hi` of `_masks(key, (B, *traj_shape), ...)` without drawing the others: the
+    uniforms of trajectory b start at draw `b * prod(traj_shape)` of the same PCG64 stream."""
+    rng = _numpy_rng(key)
+    rng.bit_generator.advance(lo * int(np.prod(traj_shape)))
+    u = rng.random((hi - lo, *traj_shape))
+    holdout = u < holdout_fraction
+    train = (u >= holdout_fraction) & (u < holdout_fraction + train_fraction * (1.0 - holdout_fraction))
+    return train, holdout
+
+
+def _combine_moments(acc: tuple[float, float, float], x: np.ndarray) -> tuple[float, float, float]:
+    """Chan et al.'s parallel update of (count, mean, sum of squared deviations) with a block."""
+    n_a, mean_a, m2_a = acc
+    n_b = float(x.size)
+    if n_b == 0:
+        return acc
+    mean_b = float(x.mean())
+    m2_b = float(((x - mean_b) ** 2).sum())
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta**2 * n_a * n_b / n
+
+
+class _Source:
+    """The training values: all in memory (`values`) or read in blocks by a `TrajectoryReader`."""
+
+    def __init__(self, fields: xr.Dataset, streamed: bool, chunk: int):
+        from ..streaming import TrajectoryReader
+
+        self.streamed = streamed
+        self.chunk = chunk
+        if streamed:
+            self.reader = TrajectoryReader(fields["field"], "fields")
+            self.values = None
+            self.shape = self.reader.shape
+        else:
+            self.values = np.asarray(fields["field"].values, dtype=np.float64)
+            self.shape = self.values.shape
+
+    def read(self, idx) -> np.ndarray:
+        return self.values[np.asarray(idx)] if self.values is not None else self.reader.read(idx)
+
+    def blocks(self):
+        if self.values is not None:
+            yield 0, self.shape[0], self.values
+        else:
+            yield from self.reader.chunks(self.chunk)
+
+
+def _check_callback(callback: object) -> None:
+    if callback is not None and not callable(callback):
+        raise bad_input("callback", "None or a callable callback(epoch, loss)", callback)
+
+
 def fit_ftm(
     fields: xr.Dataset,
     ranks: Sequence[int],
@@ -294,6 +405,13 @@ def fit_ftm(
     key: PRNGKeyArray,
     config: FTMConfig | None = None,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    checkpoint_every: int = 10,
+    callback: Callable[[int, float], None] | None = None,
+    devices: int | None = None,
+    stream: bool | None = None,
+    chunk_trajectories: int = 64,
 ) -> tuple[FTMFit, dict[str, Any]]:
     """Fit shared coordinate networks and per-trajectory cores to a field collection.
 
@@ -303,20 +421,58 @@ def fit_ftm(
 
     **Arguments:**
 
-    - `fields`: a field collection, `field` of dims `(trajectory, time, *space_dims)`.
+    - `fields`: a field collection, `field` of dims `(trajectory, time, *space_dims)`; may be
+      opened lazily (`sdift_prob.streaming.open_fields_lazy`), then it is streamed (below).
     - `ranks`: `(R_1, ..., R_K)`, one positive integer per space dim.
     - `key`: typed PRNG key.
     - `config`: `FTMConfig` (default settings when None).
     - `progress`: show a tqdm progress bar with the running loss.
+    - `checkpoint_dir`: folder for `ftm-checkpoint.eqx`, written every `checkpoint_every`
+      epochs, at the end, and on SIGINT/SIGTERM (after the epoch under way; then
+      `TrainingInterrupted` is raised). Created if missing.
+    - `resume`: continue from the checkpoint in `checkpoint_dir` when there is one (same data,
+      ranks, config and key required); the result is bitwise that of an uninterrupted fit.
+    - `checkpoint_every`: epochs between checkpoints (>= 1).
+    - `callback`: called as `callback(epoch, loss)` after every epoch (host side).
+    - `devices`: data-parallel training over devices (the minibatch of trajectories split over
+      a mesh axis `"batch"`, networks replicated, gradients all-reduced): None = automatic (all
+      devices when there are several; `batch_trajectories` must divide, else the largest
+      divisor is used), or an int (1 = off). Results match 1 device to float32 rounding.
+    - `stream`: read the values one minibatch at a time instead of holding them in memory
+      (None: automatically when `fields["field"]` is lazy). A streamed fit of a lazy file is
+      bitwise the streamed fit of the same data in memory; it is not bitwise the in-memory
+      (whole-epoch `lax.scan`) fit, but equal to float32 rounding.
+    - `chunk_trajectories`: trajectories per block in the streamed statistics/evaluation passes.
 
     **Returns:** `(fit, report)`. `fit` is an `FTMFit`; `report` a dict with `loss_curve` (per
     epoch), `holdout_curve` and `eval_epochs`, `best_epoch`, `epochs`, `steps`,
     `stopped_early`, `train_vrmse` / `holdout_vrmse` / `full_vrmse` (means over trajectories,
     physical units, on training / held-out / all entries; `*_per_trajectory` lists too),
-    entry counts, `wall_time_s`, `compile_time_s` and `trajectory_epochs_per_s`.
+    entry counts, `wall_time_s`, `compile_time_s`, `trajectory_epochs_per_s`, `resumed_from`,
+    `devices`, `streamed`.
+
+    **Raises:** `NumericalError` naming the epoch when the loss becomes non-finite;
+    `TrainingInterrupted` after saving a checkpoint when SIGINT/SIGTERM arrives.
     """
+    from ..parallel import BATCH_AXIS, resolve_devices
+    from ..parallel import mesh as device_mesh
+    from ..streaming import is_lazy
+
     start = _time.perf_counter()
-    validate_field_dataset(fields, require_split=False)
+    if not isinstance(fields, xr.Dataset):
+        raise bad_input("fields", "an xr.Dataset field collection", type(fields).__name__)
+    lazy = "field" in fields.data_vars and is_lazy(fields["field"])
+    if stream is None:
+        stream = lazy
+    if not isinstance(stream, bool):
+        raise bad_input("stream", "None, True or False", stream)
+    if stream and lazy:
+        # the values are checked (finite) block by block as they are read
+        if "trajectory" not in fields.dims or fields.sizes["trajectory"] < 1:
+            raise bad_input("fields", "a field collection with at least one trajectory", dict(fields.sizes))
+        validate_field_dataset(fields.isel(trajectory=slice(0, 1)).load(), require_split=False)
+    else:
+        validate_field_dataset(fields, require_split=False)
     dims = space_dims(fields)
     ranks_t = check_ranks(ranks, len(dims))
     config = FTMConfig() if config is None else config
@@ -328,9 +484,15 @@ def fit_ftm(
     _check_key(key)
     if not isinstance(progress, bool):
         raise bad_input("progress", "True or False", progress)
+    if not isinstance(resume, bool):
+        raise bad_input("resume", "True or False", resume)
+    _check_int("checkpoint_every", checkpoint_every, minimum=1)
+    _check_int("chunk_trajectories", chunk_trajectories, minimum=1)
+    _check_callback(callback)
 
-    values = np.asarray(fields["field"].values, dtype=np.float64)
-    n_traj, n_time = values.shape[:2]
+    source = _Source(fields, stream, int(chunk_trajectories))
+    n_traj, n_time = source.shape[:2]
+    traj_shape = tuple(source.shape[1:])
     grids = tuple(np.asarray(fields[d].values, dtype=np.float64) for d in dims)
     for d, g in zip(dims, grids):
         if g.size < 2:
@@ -339,21 +501,41 @@ def fit_ftm(
     ids = np.asarray(fields["trajectory"].values) if "trajectory" in fields.coords else np.arange(n_traj)
 
     k_mask, k_model, k_cores, k_order = jax.random.split(key, 4)
-    train, holdout = _masks(k_mask, values.shape, config.train_fraction, config.holdout_fraction)
-    n_train_per = train.reshape(n_traj, -1).sum(axis=1)
+    fractions = (config.train_fraction, config.holdout_fraction)
+    digest = hashlib.sha256(repr(source.shape).encode())
+    if stream:
+        # one pass over the file: normalisation statistics, mask counts, fingerprint
+        moments = (0.0, 0.0, 0.0)
+        n_train_per = np.zeros(n_traj, np.int64)
+        n_holdout_per = np.zeros(n_traj, np.int64)
+        for lo, hi, block in source.blocks():
+            tr, ho = _trajectory_masks(k_mask, lo, hi, traj_shape, *fractions)
+            moments = _combine_moments(moments, block[tr])
+            n_train_per[lo:hi] = tr.reshape(hi - lo, -1).sum(axis=1)
+            n_holdout_per[lo:hi] = ho.reshape(hi - lo, -1).sum(axis=1)
+            digest.update(np.ascontiguousarray(block).tobytes())
+        count, mean_v, m2 = moments
+        std = math.sqrt(m2 / count) if count > 0 else 0.0
+        train = holdout = None
+    else:
+        values = source.values
+        train, holdout = _masks(k_mask, values.shape, *fractions)
+        n_train_per = train.reshape(n_traj, -1).sum(axis=1)
+        n_holdout_per = holdout.reshape(n_traj, -1).sum(axis=1)
+        digest.update(np.ascontiguousarray(values).tobytes())
+        if n_train_per.min() > 0:
+            train_vals = values[train]
+            mean_v, std = float(train_vals.mean()), float(train_vals.std())
     if (n_train_per == 0).any():
         raise bad_input(
             "config.train_fraction",
             "a fraction large enough that every trajectory keeps training entries",
             config.train_fraction,
         )
-    train_vals = values[train]
-    std = float(train_vals.std())
     if not std > 0:
         raise bad_input("fields", "training entries that are not all equal", f"std {std}")
-    normalizer = Normalizer(mean=float(train_vals.mean()), std=std)
-    y = jnp.asarray(normalizer.forward(values), dtype=jnp.float32)
-    variance = normalizer.forward(values).reshape(n_traj, -1).var(axis=1)
+    normalizer = Normalizer(mean=float(mean_v), std=float(std))
+    fingerprint = digest.hexdigest()
 
     model = FunctionalTucker(
         ranks_t,
@@ -380,69 +562,173 @@ def fit_ftm(
     )
     nets_state = opt_nets.init(eqx.filter(model, eqx.is_inexact_array))
     cores_state = jax.vmap(opt_cores.init)(cores)
+    n_dev = resolve_devices(devices, batch, what="batch_trajectories")
+    mesh = device_mesh(n_dev, BATCH_AXIS) if n_dev > 1 else None
 
     grids_j = tuple(jnp.asarray(g, dtype=jnp.float32) for g in grids)
     beta_tv = jnp.asarray(config.beta_tv, dtype=jnp.float32)  # traced: changing it does not recompile
-    train_j = jnp.asarray(train)
-    holdout_j = jnp.asarray(holdout)
-    n_holdout_per = holdout.reshape(n_traj, -1).sum(axis=1)
+    if not stream:
+        y = jnp.asarray(normalizer.forward(values), dtype=jnp.float32)
+        train_j = jnp.asarray(train)
+        holdout_j = jnp.asarray(holdout)
     n_holdout = int(n_holdout_per.sum())
     use_holdout = n_holdout > 0
 
-    loss_curve: list[float] = []
-    holdout_curve: list[float] = []
-    eval_epochs: list[int] = []
+    def batch_arrays(idx: np.ndarray):
+        """Normalised values and training mask of the trajectories `idx` (streamed mode)."""
+        vals = source.read(idx)
+        masks = [_trajectory_masks(k_mask, int(b), int(b) + 1, traj_shape, *fractions)[0] for b in idx]
+        yb = np.asarray(normalizer.forward(vals), dtype=np.float32)
+        return yb, np.concatenate(masks)
+
+    def sse_all(model, cores) -> np.ndarray:
+        """`(B, 3)` sums of squared errors per trajectory (training, held-out, all entries)."""
+        if not stream:
+            return np.asarray(_sse_per_trajectory(model, cores, y, train_j, holdout_j, grids_j))
+        parts = []
+        for lo, hi, block in source.blocks():
+            tr, ho = _trajectory_masks(k_mask, lo, hi, traj_shape, *fractions)
+            yb = jnp.asarray(normalizer.forward(block), dtype=jnp.float32)
+            parts.append(np.asarray(_sse_per_trajectory(model, cores[lo:hi], yb, jnp.asarray(tr), jnp.asarray(ho),
+                                                        grids_j)))
+        return np.concatenate(parts)
+
+    state = {
+        "epoch": 0, "loss_curve": [], "holdout_curve": [], "eval_epochs": [], "best_epoch": 0,
+        "best_score": math.inf, "bad_evals": 0, "stopped_early": False,
+    }
     best = (model, cores)
-    best_epoch = 0
-    best_score = math.inf
-    bad_evals = 0
-    stopped_early = False
+    key_data = np.asarray(jax.random.key_data(key)).tolist()
+    header = {
+        "sdift_kind": FIT_CHECKPOINT_KIND, "config": config.to_dict(), "data_fingerprint": fingerprint,
+        "key_data": key_data, "shape": list(source.shape),
+    }
+    path = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        try:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise bad_input("checkpoint_dir", "a folder that can be created", str(checkpoint_dir)) from exc
+        path = checkpoint_dir / FIT_CHECKPOINT_NAME
+    resumed_from = None
+    if path is not None and resume and path.exists():
+        like = (model, nets_state, cores, cores_state, model, cores)
+        saved, tree = _load_fit_checkpoint(path, like, header)
+        model, nets_state, cores, cores_state, best_model, best_cores = tree
+        best = (best_model, best_cores)
+        state = {k: saved["state"][k] for k in state}
+        state["best_score"] = math.inf if state["best_score"] is None else float(state["best_score"])
+        resumed_from = int(state["epoch"])
+
+    def save() -> None:
+        if path is None:
+            return
+        from ..gpsd.checkpoint import save_checkpoint
+
+        st = dict(state)
+        st["best_score"] = None if not math.isfinite(st["best_score"]) else st["best_score"]
+        tree = (model, nets_state, cores, cores_state, best[0], best[1])
+        save_checkpoint(path, {**header, "state": st, "step": int(state["epoch"]) * steps_per_epoch}, tree,
+                        overwrite=True)
+
+    stop = {"signal": None}
+    handlers = {}
+    if path is not None and threading.current_thread() is threading.main_thread():
+        def on_signal(signum, frame):
+            stop["signal"] = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, on_signal)
+
     compile_time = 0.0
+    first_epoch = state["epoch"] + 1
     loop_start = _time.perf_counter()
-    bar = tqdm(total=epochs, desc="fit-ftm", unit="epoch", disable=not progress)
-    epoch = 0
+    bar = tqdm(total=epochs, initial=state["epoch"], desc="fit-ftm", unit="epoch", disable=not progress)
     try:
-        for epoch in range(1, epochs + 1):
+        done = state["stopped_early"] or state["epoch"] >= epochs
+        for epoch in range(first_epoch, epochs + 1):
+            if done:
+                break
             t_epoch = _time.perf_counter()
-            model, nets_state, cores, cores_state, loss = _run_epoch(
-                model, nets_state, cores, cores_state, y, train_j, grids_j,
-                jax.random.fold_in(k_order, epoch), beta_tv,
-                opt_nets=opt_nets, opt_cores=opt_cores, batch=batch,
-            )
-            loss_v = float(loss)
-            if epoch == 1:
+            k_epoch = jax.random.fold_in(k_order, epoch)
+            if not stream:
+                model, nets_state, cores, cores_state, loss = _run_epoch(
+                    model, nets_state, cores, cores_state, y, train_j, grids_j, k_epoch, beta_tv,
+                    opt_nets=opt_nets, opt_cores=opt_cores, batch=batch, mesh=mesh,
+                )
+                loss_v = float(loss)
+            else:
+                order = np.asarray(_epoch_order(k_epoch, n_traj, batch))
+                losses = []
+                for idx in order:
+                    yb, mb = batch_arrays(idx)
+                    model, nets_state, cores, cores_state, loss = _stream_step(
+                        model, nets_state, cores, cores_state, jnp.asarray(idx), yb, mb, grids_j, beta_tv,
+                        opt_nets=opt_nets, opt_cores=opt_cores, mesh=mesh,
+                    )
+                    losses.append(loss)
+                loss_v = float(jnp.mean(jnp.stack(losses)))
+            if epoch == first_epoch:
                 compile_time = _time.perf_counter() - t_epoch
-            loss_curve.append(loss_v)
+            if not math.isfinite(loss_v):
+                raise NumericalError(
+                    f"fit_ftm: the training loss became {loss_v} at epoch {epoch} (optimiser steps "
+                    f"{(epoch - 1) * steps_per_epoch + 1}..{epoch * steps_per_epoch}); lower config.lr / "
+                    "config.lr_cores, or check the fields for extreme values"
+                )
+            state["epoch"] = epoch
+            state["loss_curve"].append(loss_v)
             postfix = {"loss": f"{loss_v:.4g}"}
             if epoch % config.eval_every == 0 or epoch == epochs:
                 if use_holdout:
-                    sse = np.asarray(_sse_per_trajectory(model, cores, y, train_j, holdout_j, grids_j))
+                    sse = sse_all(model, cores)
                     score = float(sse[:, 1].sum() / n_holdout)
                 else:
                     score = loss_v
-                holdout_curve.append(score)
-                eval_epochs.append(epoch)
-                if score < best_score or not use_holdout:
-                    best_score, best, best_epoch, bad_evals = score, (model, cores), epoch, 0
+                state["holdout_curve"].append(score)
+                state["eval_epochs"].append(epoch)
+                if score < state["best_score"] or not use_holdout:
+                    best = (model, cores)
+                    state.update(best_score=score, best_epoch=epoch, bad_evals=0)
                 else:
-                    bad_evals += 1
+                    state["bad_evals"] += 1
                 postfix["heldout"] = f"{score:.4g}"
-                if use_holdout and bad_evals >= config.patience:
-                    stopped_early = True
-                    bar.set_postfix(postfix)
-                    bar.update(1)
-                    break
+                if use_holdout and state["bad_evals"] >= config.patience:
+                    state["stopped_early"] = True
+                    done = True
             bar.set_postfix(postfix)
             bar.update(1)
+            if callback is not None:
+                callback(epoch, loss_v)
+            if stop["signal"] is not None:
+                save()
+                where = f"checkpoint saved to {path}; rerun to resume" if path else "nothing saved"
+                raise TrainingInterrupted(
+                    f"fit_ftm interrupted by signal {signal.Signals(stop['signal']).name} after epoch {epoch}; {where}",
+                    epoch, path,
+                )
+            if epoch % checkpoint_every == 0 and not done and epoch < epochs:
+                save()
+        if path is not None and (state["epoch"] >= first_epoch or not path.exists()):
+            save()
     finally:
         bar.close()
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
     loop_time = _time.perf_counter() - loop_start
+    epoch = state["epoch"]
     model, cores = best
     if not bool(jnp.all(jnp.isfinite(cores))):
         raise NumericalError("fit_ftm: the fitted cores are not finite; lower config.lr / config.lr_cores")
 
-    sse = np.asarray(_sse_per_trajectory(model, cores, y, train_j, holdout_j, grids_j), dtype=np.float64)
-    n_all = values[0].size
+    sse = np.asarray(sse_all(model, cores), dtype=np.float64)
+    if stream:
+        variance = np.concatenate([normalizer.forward(block).reshape(hi - lo, -1).var(axis=1)
+                                   for lo, hi, block in source.blocks()])
+    else:
+        variance = normalizer.forward(values).reshape(n_traj, -1).var(axis=1)
+    n_all = int(np.prod(traj_shape))
     train_v = _vrmse_from_sse(sse[:, 0], n_train_per, variance)
     hold_v = _vrmse_from_sse(sse[:, 1], n_holdout_per, variance)
     full_v = _vrmse_from_sse(sse[:, 2], np.full(n_traj, n_all), variance)
@@ -456,18 +742,19 @@ def fit_ftm(
         config=config,
         grids=grids,
     )
+    run_epochs = epoch - first_epoch + 1
     steady = max(loop_time - compile_time, 1e-9)
     report = {
-        "loss_curve": loss_curve,
-        "holdout_curve": holdout_curve,
-        "eval_epochs": eval_epochs,
-        "best_epoch": best_epoch,
+        "loss_curve": list(state["loss_curve"]),
+        "holdout_curve": list(state["holdout_curve"]),
+        "eval_epochs": list(state["eval_epochs"]),
+        "best_epoch": state["best_epoch"],
         "epochs": epoch,
         "steps": epoch * steps_per_epoch,
         "steps_per_epoch": steps_per_epoch,
         "batch_trajectories": batch,
         "warmup_steps": warmup,
-        "stopped_early": stopped_early,
+        "stopped_early": state["stopped_early"],
         "train_vrmse": float(np.nanmean(train_v)),
         "holdout_vrmse": float(np.nanmean(hold_v)) if use_holdout else None,
         "full_vrmse": float(np.mean(full_v)),
@@ -477,9 +764,42 @@ def fit_ftm(
         "n_trajectories": n_traj,
         "n_train_entries": int(n_train_per.sum()),
         "n_holdout_entries": n_holdout,
-        "n_entries": int(values.size),
+        "n_entries": int(np.prod(source.shape)),
         "wall_time_s": _time.perf_counter() - start,
         "compile_time_s": compile_time,
-        "trajectory_epochs_per_s": n_traj * max(epoch - 1, 1) / steady if epoch > 1 else n_traj / max(loop_time, 1e-9),
+        "trajectory_epochs_per_s": (n_traj * max(run_epochs - 1, 1) / steady if run_epochs > 1
+                                    else n_traj / max(loop_time, 1e-9)),
+        "resumed_from": resumed_from,
+        "devices": n_dev,
+        "streamed": stream,
     }
     return fit, report
+
+
+def _load_fit_checkpoint(path: Path, like: Any, header: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Read an FTM fit checkpoint and check it belongs to this fit (data, settings, key)."""
+    from ..errors import InputError
+    from ..gpsd.checkpoint import load_checkpoint, read_header
+
+    saved = read_header(path, kind=FIT_CHECKPOINT_KIND)
+    if saved.get("config") != header["config"]:
+        now = header["config"]
+        old = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+        differ = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+        raise InputError(
+            f"{path}: the checkpoint was made with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in differ)}); "
+            "use the same settings, or resume=False (--no-resume) to start afresh"
+        )
+    if saved.get("data_fingerprint") != header["data_fingerprint"] or saved.get("shape") != header["shape"]:
+        raise InputError(f"{path}: the checkpoint was fitted to other fields; use resume=False to start afresh")
+    if saved.get("key_data") != header["key_data"]:
+        raise InputError(f"{path}: the checkpoint was fitted with another key/seed; pass the same one or resume=False")
+    st = saved.get("state")
+    keys = ("epoch", "loss_curve", "holdout_curve", "eval_epochs", "best_epoch", "best_score", "bad_evals",
+            "stopped_early")
+    if not isinstance(st, dict) or any(k not in st for k in keys):
+        from ..errors import FormatError
+
+        raise FormatError(f"{path}: the checkpoint header has no complete fit state")
+    _, tree = load_checkpoint(path, like, kind=FIT_CHECKPOINT_KIND)
+    return saved, tree
