@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .errors import SdiftError
+from .errors import SdiftError, TrainingInterrupted
 
 # Each module in sdift_prob/commands/ adds one sub-command (`register`) and runs it (`run`).
 COMMANDS = (
@@ -45,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as err:
+        if args.debug:
+            raise
+        print(f"sdift {args.command}: {err}", file=sys.stderr)
+        return 130
     except (SdiftError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
         if args.debug:
             raise

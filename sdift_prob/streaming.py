@@ -42,7 +42,8 @@ def open_fields_lazy(path: str | os.PathLike) -> xr.Dataset:
     if not p.is_file():
         raise InputError(f"path: expected an existing file, got {str(p)!r}")
     try:
-        ds = xr.open_dataset(p, engine=NETCDF_ENGINE)
+        # cache=False: a full read (e.g. `.values`) must not pin the whole field in memory
+        ds = xr.open_dataset(p, engine=NETCDF_ENGINE, cache=False)
     except Exception as exc:  # noqa: BLE001 - h5py/h5netcdf raise many types on foreign files
         raise FormatError(f"{p}: not a readable netCDF file ({type(exc).__name__}: {exc})") from exc
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -16,6 +18,7 @@ from ..errors import bad_input
 from ..ftm.bundle import save_run
 from ..ftm.fit import FTMConfig, fit_ftm
 from ..ftm.tucker import check_ranks
+from ..streaming import is_lazy
 
 HELP = "fit the functional Tucker model (coordinate networks + cores) and save a run directory"
 
@@ -54,6 +57,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (masks, initialisation, batch order)")
     p.add_argument("--overwrite", action="store_true", help="replace RUN_DIR if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="checkpoint folder, written every --checkpoint-every epochs and on Ctrl-C/SIGTERM; "
+                        "rerunning the same command resumes from it (default: RUN_DIR.ftm-checkpoint beside "
+                        "RUN_DIR, removed once the run is saved)")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from the checkpoint in the checkpoint folder, if any")
+    p.add_argument("--lazy", action="store_true",
+                   help="do not load DATA.nc into memory: read one minibatch of trajectories at a time "
+                        "(for collections larger than memory)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="devices for data-parallel training (default: all when --batch divides evenly)")
     p.set_defaults(func=run)
 
 
@@ -62,6 +77,12 @@ def select_trajectories(ds: xr.Dataset, spec: str) -> xr.Dataset:
     if spec == "all-train":
         if "split" not in ds.coords:
             raise bad_input("--train", "'all' or explicit ids for a collection without a train/test split", spec)
+        if is_lazy(ds["field"]):
+            # train_part validates (reads) every value; a lazy collection is checked while it is read
+            sel = np.flatnonzero(np.asarray(ds.coords["split"].values).astype(str) == "train")
+            if sel.size == 0:
+                raise bad_input("--train", "a collection with at least one 'train' trajectory", spec)
+            return ds.isel(trajectory=sel)
         return train_part(ds)
     if spec == "all":
         return ds
@@ -82,7 +103,22 @@ def run(args: argparse.Namespace) -> int:
     """Load the collection, fit the FTM, write the run directory; returns 0 on success."""
     if args.seed < 0:
         raise bad_input("--seed", "an int >= 0", args.seed)
-    ds = load_fields(args.data)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise bad_input("--out", "a run directory that does not exist yet (or pass --overwrite)", str(out))
+    if args.lazy:
+        from ..streaming import open_fields_lazy
+
+        ds = open_fields_lazy(args.data)
+    else:
+        ds = load_fields(args.data)
+    try:
+        return _fit_and_save(args, ds, out)
+    finally:
+        ds.close()
+
+
+def _fit_and_save(args: argparse.Namespace, ds: xr.Dataset, out: Path) -> int:
     check_ranks(list(args.ranks), len(space_dims(ds)), argument=f"--ranks (space dims {space_dims(ds)})")
     train = select_trajectories(ds, args.train)
     overrides: dict[str, Any] = {
@@ -97,8 +133,12 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides["steps"] = args.steps
     config = dataclasses.replace(FTMConfig(), **overrides)
+    default_checkpoints = args.checkpoint_dir is None
+    checkpoint_dir = out.with_name(out.name + ".ftm-checkpoint") if default_checkpoints else Path(args.checkpoint_dir)
     fit, report = fit_ftm(
-        train, tuple(args.ranks), key=jax.random.key(args.seed), config=config, progress=not args.no_progress
+        train, tuple(args.ranks), key=jax.random.key(args.seed), config=config, progress=not args.no_progress,
+        checkpoint_dir=checkpoint_dir, resume=args.resume, checkpoint_every=args.checkpoint_every,
+        devices=args.devices,
     )
     summary = {
         "run_dir": str(args.out),
@@ -116,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
         "simulator": str(ds.attrs.get("simulator", "")),
         "coord_units": {d: str(ds[d].attrs.get("units", "")) for d in ("time", *space_dims(ds))},
     }
+    summary["resumed_from"] = report["resumed_from"]
+    summary["devices"] = report["devices"]
     save_run(args.out, fit, overwrite=args.overwrite, extra=provenance)
+    if default_checkpoints:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(json.dumps(summary))
     return 0
