@@ -425,3 +425,10 @@ def test_concatenate_sets():
         ObservationSet.concatenate([a, c])
     with pytest.raises(InputError, match="sets: expected a non-empty sequence"):
         ObservationSet.concatenate(a)
+
+
+def test_steps_needing_complete_fields_say_so():
+    from sdift_prob.ftm import fit_ftm
+
+    with pytest.raises(InputError, match="complete fields.*NaN masks"):
+        fit_ftm(masked_collection(), (2, 2, 2), key=jax.random.key(0), progress=False)
