@@ -1,144 +1,328 @@
-"""Accuracy of the reconstruction against baselines on held-out test trajectories.
+"""Accuracy suite: the paper's protocol at CPU scale, against classical baselines.
 
-    python -m benchmarks.accuracy --data DATA.nc --run RUN_DIR --out FILE.json \
-        [--rho 0.01 0.03] [--settings 1 2] [--n-test 10] [--draws 8] [--noise-scale 0.1]
+    python -m benchmarks.accuracy --suite quick --out benchmarks/results/accuracy_quick.json
+    python -m benchmarks.accuracy --suite full  --out benchmarks/results/accuracy_full.json
 
-For each test trajectory, observation setting and rho it draws one observation set (Gaussian
-noise with std `noise-scale` x the training std), then scores, with VRMSE over all space-time
-entries in physical units (mean ± std over test trajectories):
+Suites:
 
-- `mpdps`, `dps` (this project; point estimate = posterior mean over `draws` draws),
-- `gp` (FTM + GP temporal prior, exact posterior),
-- `linear` (scipy linear interpolation in space per time stamp, nearest filling outside the
-  convex hull, nearest observed time stamp for empty time stamps),
-- `train_mean` (the mean field of the training trajectories, per time stamp).
+- `quick`: the shipped pretrained bundles (`ocean`, `fluid2d`), their training data simulated
+  again from the recorded seed into `--workdir` (cached), few test trajectories and draws.
+  Budget: about 20 minutes on 2 CPU cores.
+- `full`: everything retrained in `--workdir` with the project's recipes
+  (`sdift_prob.pretrained.recipes`: `sdift simulate`, `fit-ftm`, `train-prior`; stages whose
+  output exists are reused, training resumes from checkpoints), `ocean`, `fluid2d` and
+  `field3d`, 10 test trajectories, more draws. Hours on 2 cores; run it in the background.
 
-Probabilistic methods also get 50/90% coverage and CRPS. Results are reproducible from `--seed`.
+For each dataset, observation setting (1: every time stamp; 2: every other one) and ratio ρ,
+each test trajectory gets one observation set (Gaussian noise, std `0.1 x` the training std),
+and every method is scored on all space-time entries in physical units:
+
+- `mpdps`, `dps`: this project (point estimate = posterior mean over the draws), before and
+  after `calibrate_reconstruction` (posterior temperature from 20% held-out observations);
+- `gp`: FTM + GP temporal prior, exact conjugate posterior;
+- `kriging`: spatio-temporal GP regression on the observations (GPJax, separable Matérn-3/2,
+  hyperparameters by marginal likelihood; `sdift_prob.baselines.fit_kriging`);
+- `linear`: linear interpolation in space per time stamp, nearest time stamp for empty ones;
+- `train_mean`: the training-mean field.
+
+VRMSE (mean ± std over test trajectories), 50/90% interval coverage and CRPS (probabilistic
+methods; kriging's from its Gaussian predictive on a fixed random subset of 5,000 entries,
+the others' from their draws on all entries), seconds per reconstruction. Then the
+noise-robustness table (ρ = 1%, setting 1; Gaussian, Laplace and Poisson noise at two levels,
+each method with the matching likelihood where it has one). Everything is reproducible from
+`--seed`; the JSON holds every per-trajectory figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
-from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
-from inference.reconstruct import open_run, reconstruct
+from inference.calibrate import apply_temperature
+from inference.reconstruct import calibrate_reconstruction, open_run, reconstruct
 from inference.report import evaluate
-from sdift_prob.data.fields import load_fields
-from sdift_prob.data.observations import ObservationSet, sample_observations, select_trajectory
+from sdift_prob import pretrained
+from sdift_prob.baselines import fit_kriging, linear_interpolation, training_mean_field
+from sdift_prob.data.fields import load_fields, train_part
+from sdift_prob.data.observations import sample_observations, select_trajectory
 from sdift_prob.io import atomic_file
-from sdift_prob.metrics import summarise, vrmse
+from sdift_prob.metrics import crps_gaussian, gaussian_interval_coverage, summarise, vrmse
+from sdift_prob.pretrained.recipes import commands
+
+GUIDED = ("mpdps", "dps")
+METHODS = ("mpdps", "dps", "gp", "kriging", "linear", "train_mean")
+NOISE_LIKELIHOOD = {"gaussian": "gaussian", "laplace": "laplace", "poisson": "poisson"}
 
 
-def linear_interpolation(obs: ObservationSet, truth) -> np.ndarray:
-    """Per time stamp: linear interpolation of the observed values in space (nearest outside the
-    hull); time stamps without observations copy the nearest observed time stamp."""
-    dims = truth.dims[1:]
-    grid = np.stack(np.meshgrid(*[truth[d].values for d in dims], indexing="ij"), axis=-1).reshape(-1, len(dims))
-    # Scale each axis to [0, 1] so that distances are comparable across units.
-    lo, hi = grid.min(axis=0), grid.max(axis=0)
-    scale = np.where(hi > lo, hi - lo, 1.0)
-    g = (grid - lo) / scale
-    out = np.full((truth.sizes["time"], grid.shape[0]), np.nan)
-    observed = []
-    for i, t in enumerate(truth.time.values):
-        sel = np.isclose(obs.time, t)
-        if not sel.any():
-            continue
-        pts = (obs.coords[sel] - lo) / scale
-        vals = obs.value[sel]
-        near = NearestNDInterpolator(pts, vals)(g)
-        if sel.sum() > len(dims) + 1:
-            try:
-                lin = LinearNDInterpolator(pts, vals)(g)
-                near = np.where(np.isnan(lin), near, lin)
-            except Exception:  # degenerate (e.g. coplanar) point sets: nearest only
-                pass
-        out[i] = near
-        observed.append(i)
-    if not observed:
-        raise ValueError("no observations at any time stamp")
-    observed = np.asarray(observed)
-    for i in range(out.shape[0]):
-        if np.isnan(out[i]).all():
-            out[i] = out[observed[np.argmin(np.abs(observed - i))]]
-    return out.reshape(truth.shape)
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    datasets: tuple[str, ...]
+    n_test: int
+    draws: int
+    rho: tuple[float, ...] = (0.01, 0.03)
+    settings: tuple[int, ...] = (1, 2)
+    noise_scale: float = 0.1
+    noise_models: tuple[str, ...] = ("gaussian", "laplace", "poisson")
+    noise_levels: tuple[float, ...] = (0.1, 0.3)
+    n_test_noise: int = 10
+    calibrate: bool = True
+    source: str = "bundle"  # "bundle": shipped runs; "train": retrain in the workdir
 
 
-def run_benchmark(args: argparse.Namespace) -> dict:
-    ds = load_fields(args.data)
-    run = open_run(args.run)
-    test_ids = np.where(ds.split.values == "test")[0][: args.n_test]
-    train_mean = run.ftm.decode().mean(axis=0) if args.train_mean_from_ftm else (
-        ds["field"].values[ds.split.values == "train"].mean(axis=0))
+SUITES = {
+    "quick": Suite(datasets=("ocean", "fluid2d"), n_test=2, draws=8, noise_levels=(0.3,), n_test_noise=1),
+    "full": Suite(datasets=("ocean", "fluid2d", "field3d"), n_test=10, draws=16, source="train"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and runs
+
+
+def _sdift() -> str:
+    exe = Path(sys.executable).with_name("sdift")
+    return str(exe) if exe.exists() else "sdift"
+
+
+def prepare(name: str, suite: Suite, workdir: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """`(data.nc, run_dir, provenance)` for dataset `name`: simulate/train what is missing."""
+    work = workdir / name
+    work.mkdir(parents=True, exist_ok=True)
+    steps = commands(name, work, sdift=_sdift())
+    timings: dict[str, float] = {}
+    data = work / "data.nc"
+    if not data.exists():
+        t0 = time.perf_counter()
+        subprocess.run(steps[0] + ["--no-progress"], check=True)
+        timings["simulate_s"] = time.perf_counter() - t0
+    if suite.source == "bundle":
+        if name not in pretrained.NAMES or not pretrained.available(name):
+            raise SystemExit(f"no shipped bundle for {name!r}; use --suite full")
+        return data, pretrained.path(name) / "run", {"source": "shipped bundle", **timings}
+    run_dir = work / "run"
+    if not (run_dir / "manifest.json").exists():
+        t0 = time.perf_counter()
+        subprocess.run(steps[1] + ["--no-progress"], check=True)
+        timings["fit_ftm_s"] = time.perf_counter() - t0
+    if "prior" not in json.loads((run_dir / "manifest.json").read_text()).get("sections", {}):
+        t0 = time.perf_counter()
+        subprocess.run(steps[2] + ["--no-progress"], check=True)  # resumes from its checkpoint
+        timings["train_prior_s"] = time.perf_counter() - t0
+    return data, run_dir, {"source": "trained in the workdir", "commands": [" ".join(s) for s in steps], **timings}
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+
+
+class Scores:
+    """Per-method lists of per-trajectory figures."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, method: str, **figures: float) -> None:
+        d = self.values.setdefault(method, {})
+        for k, v in figures.items():
+            d.setdefault(k, []).append(float(v))
+
+    def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for m, d in self.values.items():
+            out[m] = {}
+            for k, v in d.items():
+                mean, std = summarise(np.asarray(v))
+                out[m][k] = {"mean": mean, "std": std, "values": v}
+        return out
+
+
+def _uncertainty_subset(key: jax.Array, shape: tuple[int, ...], n: int) -> np.ndarray:
+    size = int(np.prod(shape))
+    return np.sort(np.asarray(jax.random.permutation(key, size))[: min(n, size)])
+
+
+def score_kriging(key: jax.Array, obs: Any, truth: Any, n_unc: int = 5000) -> dict[str, float]:
+    t0 = time.perf_counter()
+    model = fit_kriging(obs, key=key)
+    times = truth.time.values
+    grids = [truth[d].values for d in truth.dims[1:]]
+    mean, _ = model.predict_grid(times, grids, return_std=False)
+    # The latent variance costs O(N²) per entry: estimate coverage and CRPS on a fixed subset.
+    idx = _uncertainty_subset(jax.random.fold_in(key, 1), truth.shape, n_unc)
+    sub = np.unravel_index(idx, truth.shape)
+    grid_axes = np.meshgrid(*grids, indexing="ij")
+    pts = np.column_stack([g[tuple(s for s in sub[1:])] for g in grid_axes])
+    m_sub, s_sub = model.predict(pts, times[sub[0]])
+    secs = time.perf_counter() - t0
+    y = truth.values[sub]
+    cov = gaussian_interval_coverage(y, m_sub, np.maximum(s_sub, 1e-12), levels=(0.5, 0.9))
+    return {"vrmse": vrmse(truth.values, mean), "coverage_50": cov[0.5], "coverage_90": cov[0.9],
+            "crps": crps_gaussian(y, m_sub, np.maximum(s_sub, 1e-12)), "seconds": secs,
+            "noise_std_fitted": model.noise_std}
+
+
+def _tempered_scores(idata: Any, truth: Any, tau: float) -> dict[str, float]:
+    field = idata.posterior["field"]
+    raw = field.values.copy()
+    field.values = np.asarray(apply_temperature(raw, tau, axis=(0, 1)), dtype=raw.dtype)
+    ev = evaluate(idata, truth)
+    field.values = raw
+    return {"coverage_50_cal": ev["coverage_50"], "coverage_90_cal": ev["coverage_90"], "crps_cal": ev["crps"],
+            "temperature": tau}
+
+
+def score_sampler(run: Any, obs: Any, truth: Any, *, key: jax.Array, sampler: str, draws: int, sigma: Any,
+                  likelihood: str, calibrate: bool) -> dict[str, float]:
+    t0 = time.perf_counter()
+    idata = reconstruct(run, obs, key=key, sampler=sampler, draws=draws, sigma=sigma, likelihood=likelihood)
+    secs = time.perf_counter() - t0
+    ev = evaluate(idata, truth)
+    out = {k: ev[k] for k in ("vrmse", "coverage_50", "coverage_90", "crps")}
+    out["seconds"] = secs
+    if calibrate and sampler in GUIDED:
+        t1 = time.perf_counter()
+        cal = calibrate_reconstruction(run, obs, key=jax.random.fold_in(key, 1), sampler=sampler, draws=draws,
+                                       zetas=(1.0,), sigma=sigma)
+        out.update(_tempered_scores(idata, truth, cal.temperature))
+        out["heldout_coverage_90_before"] = cal.coverage_before[-1]
+        out["heldout_coverage_90_after"] = cal.coverage_after[-1]
+        out["calibration_seconds"] = time.perf_counter() - t1
+    return out
+
+
+def _poisson_scale(truth_values: np.ndarray, level_std: float) -> float:
+    excess = float(np.mean(truth_values - truth_values.min()))
+    return level_std**2 / max(excess, 1e-12)
+
+
+def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods: tuple[str, ...],
+                     log: Any) -> dict[str, Any]:
+    data_path, run_dir, provenance = prepare(name, suite, workdir)
+    ds = load_fields(data_path)
+    run = open_run(run_dir)
     std = float(run.ftm.normalizer.std)
-    methods = [m for m in ("mpdps", "dps", "gp") if m in args.methods]
-    results: dict = {"cells": []}
-    for setting in args.settings:
-        for rho in args.rho:
-            scores: dict[str, dict[str, list]] = {}
-            for j, i in enumerate(test_ids):
+    climatology = training_mean_field(train_part(ds))
+    test_ids = np.where(ds.split.values == "test")[0]
+    base = jax.random.key(seed)
+    result: dict[str, Any] = {"data": str(data_path), "run": str(run_dir), "provenance": provenance,
+                              "training_std": std, "ftm_fit": run.provenance.get("fit", {}), "cells": [], "noise": []}
+
+    def one(i: int, obs: Any, truth: Any, scores: Scores, k: jax.Array, sigma: float, likelihood: str,
+            calibrate: bool) -> None:
+        if "train_mean" in methods:
+            scores.add("train_mean", vrmse=vrmse(truth.values, climatology))
+        if "linear" in methods:
+            t0 = time.perf_counter()
+            est = linear_interpolation(obs, truth.time.values, [truth[d].values for d in truth.dims[1:]])
+            scores.add("linear", vrmse=vrmse(truth.values, est), seconds=time.perf_counter() - t0)
+        if "kriging" in methods:
+            scores.add("kriging", **score_kriging(jax.random.fold_in(k, 2), obs, truth))
+        for m in ("gp", *GUIDED):
+            if m not in methods or (m == "gp" and likelihood == "poisson"):
+                continue
+            lik = "gaussian" if m == "gp" else likelihood
+            sig = None if lik == "poisson" else sigma
+            scores.add(m, **score_sampler(run, obs, truth, key=jax.random.fold_in(k, 3), sampler=m,
+                                          draws=suite.draws, sigma=sig, likelihood=lik, calibrate=calibrate))
+
+    for setting in suite.settings:
+        for rho in suite.rho:
+            scores = Scores()
+            for i in test_ids[: suite.n_test]:
                 truth = select_trajectory(ds, int(i))
-                obs = sample_observations(jax.random.fold_in(jax.random.key(args.seed), int(i) * 10 + setting),
-                                          truth, rho=rho, setting=setting, noise="gaussian",
-                                          noise_scale=args.noise_scale * std)
-                def add(name, **vals):
-                    d = scores.setdefault(name, {})
-                    for k, v in vals.items():
-                        d.setdefault(k, []).append(float(v))
-                add("train_mean", vrmse=vrmse(truth.values, train_mean))
-                t0 = time.perf_counter()
-                add("linear", vrmse=vrmse(truth.values, linear_interpolation(obs, truth)),
-                    seconds=time.perf_counter() - t0)
-                for m in methods:
-                    t0 = time.perf_counter()
-                    idata = reconstruct(run, obs, key=jax.random.key(args.seed + j), sampler=m, draws=args.draws,
-                                        sigma=args.noise_scale * std)
-                    secs = time.perf_counter() - t0
-                    ev = evaluate(idata, truth)
-                    add(m, vrmse=ev["vrmse"], coverage_50=ev["coverage_50"], coverage_90=ev["coverage_90"],
-                        crps=ev["crps"], seconds=secs)
-            cell = {"setting": setting, "rho": rho, "n_test": len(test_ids), "methods": {}}
-            for name, d in scores.items():
-                cell["methods"][name] = {k: dict(zip(("mean", "std"), map(float, summarise(np.asarray(v)))))
-                                         for k, v in d.items()}
-            results["cells"].append(cell)
-            line = ", ".join(f"{n} {c['vrmse']['mean']:.3f}±{c['vrmse']['std']:.3f}"
-                             for n, c in cell["methods"].items())
-            print(f"setting {setting} rho {rho}: {line}", flush=True)
-    results["config"] = {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items()}
-    results["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
-                          "cpu_count": __import__("os").cpu_count(), "jax_backend": jax.default_backend()}
-    return results
+                k = jax.random.fold_in(jax.random.fold_in(base, int(i)), 100 * setting + round(1000 * rho))
+                obs = sample_observations(jax.random.fold_in(k, 0), truth, rho=rho, setting=setting,
+                                          noise="gaussian", noise_scale=suite.noise_scale * std)
+                one(int(i), obs, truth, scores, k, suite.noise_scale * std, "gaussian", suite.calibrate)
+            cell = {"setting": setting, "rho": rho, "n_test": int(min(suite.n_test, test_ids.size)),
+                    "noise": "gaussian", "noise_level": suite.noise_scale, "methods": scores.summary()}
+            result["cells"].append(cell)
+            log(f"{name} setting {setting} rho {rho}: " + ", ".join(
+                f"{m} {c['vrmse']['mean']:.3f}±{c['vrmse']['std']:.3f}" for m, c in cell["methods"].items()))
+
+    for noise in suite.noise_models:
+        for level in suite.noise_levels:
+            if noise == "gaussian" and level == suite.noise_scale:
+                continue  # the first table's setting-1, rho-1% cell
+            scores = Scores()
+            for i in test_ids[: suite.n_test_noise]:
+                truth = select_trajectory(ds, int(i))
+                k = jax.random.fold_in(jax.random.fold_in(base, int(i)), 7000 + round(100 * level))
+                scale = _poisson_scale(truth.values, level * std) if noise == "poisson" else level * std
+                obs = sample_observations(jax.random.fold_in(k, 0), truth, rho=0.01, setting=1, noise=noise,
+                                          noise_scale=scale)
+                one(int(i), obs, truth, scores, k, level * std, NOISE_LIKELIHOOD[noise], False)
+            entry = {"noise": noise, "level": level, "rho": 0.01, "setting": 1,
+                     "n_test": int(min(suite.n_test_noise, test_ids.size)), "methods": scores.summary()}
+            result["noise"].append(entry)
+            log(f"{name} noise {noise} {level}: " + ", ".join(
+                f"{m} {c['vrmse']['mean']:.3f}" for m, c in entry["methods"].items()))
+    return result
 
 
-def main(argv=None) -> int:
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()]}
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
-    p.add_argument("--run", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--rho", type=float, nargs="+", default=[0.01, 0.03])
-    p.add_argument("--settings", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--methods", nargs="+", default=["mpdps", "dps", "gp"])
-    p.add_argument("--n-test", type=int, default=10)
-    p.add_argument("--draws", type=int, default=8)
-    p.add_argument("--noise-scale", type=float, default=0.1, help="noise std as a multiple of the training std")
+    p.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    p.add_argument("--out", required=True, help="JSON file to write (atomically; replaced if it exists)")
+    p.add_argument("--workdir", default="scratch/bench", help="data and (full suite) trained runs")
+    p.add_argument("--datasets", nargs="+", help="subset of the suite's datasets")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--n-test", type=int, help="override the suite's number of test trajectories")
+    p.add_argument("--n-test-noise", type=int, help="override the noise table's number of test trajectories")
+    p.add_argument("--draws", type=int, help="override the suite's number of posterior draws")
+    p.add_argument("--no-noise-table", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-mean-from-ftm", action="store_true")
     args = p.parse_args(argv)
+    suite = SUITES[args.suite]
+    overrides: dict[str, Any] = {}
+    if args.datasets:
+        overrides["datasets"] = tuple(args.datasets)
+    for field in ("n_test", "n_test_noise", "draws"):
+        if getattr(args, field) is not None:
+            overrides[field] = getattr(args, field)
+    if args.no_noise_table:
+        overrides["noise_models"] = ()
+    suite = dataclasses.replace(suite, **overrides)
     started = time.perf_counter()
-    results = run_benchmark(args)
-    results["wall_time_s"] = time.perf_counter() - started
-    with atomic_file(args.out, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out} ({results['wall_time_s']:.0f} s)")
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:7.0f} s] {msg}", flush=True)
+
+    results: dict[str, Any] = {"suite": args.suite, "config": dataclasses.asdict(suite), "seed": args.seed,
+                               "methods": list(args.methods), "machine": machine(), "datasets": {},
+                               "command": " ".join(["python -m benchmarks.accuracy", *(argv or sys.argv[1:])])}
+    for name in suite.datasets:
+        t0 = time.perf_counter()
+        results["datasets"][name] = evaluate_dataset(name, suite, Path(args.workdir), args.seed,
+                                                     tuple(args.methods), log)
+        results["datasets"][name]["wall_time_s"] = time.perf_counter() - t0
+        _write(args.out, results, started)  # partial results survive an interruption
+    _write(args.out, results, started)
+    log(f"wrote {args.out}")
     return 0
+
+
+def _write(path: str, results: dict[str, Any], started: float) -> None:
+    results["wall_time_s"] = time.perf_counter() - started
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -183,14 +183,46 @@ class KrigingModel:
     def predict_grid(
         self, times: Float[np.ndarray, " T"], grids: Sequence[Float[np.ndarray, " I"]], *, return_std: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """`predict` on every `(time, grid point)`; returns arrays `(T, I1, .., IK)`."""
+        """`predict` on every `(time, grid point)`; returns arrays `(T, I1, .., IK)`.
+
+        The mean uses the kernel's separability: `k(x*, x_n) = Π_d k_d(x*_d, x_nd)`, so the
+        mean over a grid is one contraction of per-axis cross-covariances with the representer
+        weights, `O(N Π I_d)` multiply-adds instead of that many kernel evaluations. The standard
+        deviation (O(N²) per point) is computed point by point."""
         t = np.asarray(times, dtype=np.float64)
-        grid = _grid_points(grids)
-        shape = (t.size, *(len(g) for g in grids))
+        axes = [np.asarray(g, dtype=np.float64) for g in grids]
+        grid = _grid_points(axes)  # validates
+        shape = (t.size, *(a.size for a in axes))
+        if len(axes) + 1 != self._lo.size:
+            raise bad_input("grids", f"{self._lo.size - 1} coordinate arrays (one per space dim)", len(axes))
+        with jax.enable_x64(True):
+            mean = np.asarray(_separable_mean(self._posterior, [*axes, t], self._lo, self._scale))
+        mean = self._y_mean + self._y_std * np.moveaxis(mean, -1, 0)  # (T, I1, .., IK)
+        if not return_std:
+            return mean, None
         pts = np.tile(grid, (t.size, 1))
-        tt = np.repeat(t, grid.shape[0])
-        mean, std = self.predict(pts, tt, return_std=return_std)
-        return mean.reshape(shape), (std.reshape(shape) if std is not None else None)
+        _, std = self.predict(pts, np.repeat(t, grid.shape[0]))
+        return mean, std.reshape(shape)
+
+
+def _separable_mean(posterior: Any, axes: list[np.ndarray], lo: np.ndarray, scale: np.ndarray) -> jax.Array:
+    """Posterior mean on the grid `axes[0] x .. x axes[-1]` (space dims, then time), in the
+    standardised units of the fit, shape `(I1, .., IK, T)`."""
+    support = getattr(posterior, "inducing_inputs", None)
+    if support is None:
+        support = posterior.train_data.X
+    prior = posterior.prior if hasattr(posterior, "prior") else posterior.model.prior
+    factors = _kernel_factors(prior.kernel)
+    weights = jnp.asarray(posterior.representer_weights)[:, 0]  # (N,)
+    mats = []
+    for d, (a, k) in enumerate(zip(axes, factors)):
+        # Inputs that vary only along axis d: factor d reads only its own column (active_dims).
+        x = jnp.zeros((a.size, lo.size)).at[:, d].set((a - lo[d]) / scale[d])
+        mats.append(k.cross_covariance(x, support))  # (I_d, N)
+    letters = "abcdefghij"[: len(mats)]
+    expr = ",".join(f"{c}n" for c in letters) + ",n->" + letters
+    const = prior.mean_function(jnp.zeros((1, lo.size)))[0, 0]
+    return const + jnp.einsum(expr, *mats, weights, optimize="greedy")
 
 
 @eqx.filter_jit

@@ -133,3 +133,13 @@ def test_kriging_bad_input(smooth_problem):
         fit_kriging(obs.subset(np.arange(obs.n_points) < 2), key=jax.random.key(0))
     with pytest.raises(InputError, match="obs"):
         fit_kriging("points", key=jax.random.key(0))
+
+
+def test_kriging_grid_mean_uses_separability_exactly(smooth_problem, rbf_model):
+    grid = [np.linspace(0.0, 1.0, 6), np.linspace(0.2, 0.8, 4)]
+    times = np.array([0.0, 0.2, 1.0])
+    mean, std = rbf_model.predict_grid(times, grid)
+    pts = np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, 2)
+    m_pts, s_pts = rbf_model.predict(np.tile(pts, (3, 1)), np.repeat(times, len(pts)))
+    np.testing.assert_allclose(mean.ravel(), m_pts, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(std.ravel(), s_pts, rtol=1e-8, atol=1e-8)

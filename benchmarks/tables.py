@@ -1,0 +1,143 @@
+"""Markdown tables from the benchmark JSON files (so RESULTS.md quotes them, not hand-typed figures).
+
+    python -m benchmarks.tables benchmarks/results/accuracy_full.json [benchmarks/results/speed.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+LABELS = {"mpdps": "**MPDPS**", "dps": "DPS", "gp": "FTM + GP prior (exact)", "kriging": "kriging (GPJax)",
+          "linear": "linear interpolation", "train_mean": "training-mean field"}
+ORDER = ("mpdps", "dps", "gp", "kriging", "linear", "train_mean")
+
+
+def _pm(d: dict[str, Any] | None, key: str = "vrmse", digits: int = 3) -> str:
+    if not d or key not in d:
+        return "–"
+    return f"{d[key]['mean']:.{digits}f} ± {d[key]['std']:.{digits}f}"
+
+
+def _m(d: dict[str, Any] | None, key: str, digits: int = 2) -> str:
+    if not d or key not in d:
+        return "–"
+    return f"{d[key]['mean']:.{digits}f}"
+
+
+def accuracy_tables(res: dict[str, Any]) -> str:
+    out = []
+    for name, ds in res["datasets"].items():
+        cells = ds["cells"]
+        n = max(c["n_test"] for c in cells)
+        out.append(f"### {name} — VRMSE of the point estimate (mean ± std over {n} test trajectories)\n")
+        heads = [f"ρ={c['rho']:.0%}, setting {c['setting']}" for c in cells]
+        out.append("| method | " + " | ".join(heads) + " |")
+        out.append("|---" * (len(cells) + 1) + "|")
+        for m in ORDER:
+            if any(m in c["methods"] for c in cells):
+                out.append(f"| {LABELS[m]} | " + " | ".join(_pm(c["methods"].get(m)) for c in cells) + " |")
+        gains = []
+        for c in cells:
+            mp, dp = c["methods"].get("mpdps"), c["methods"].get("dps")
+            if mp and dp:
+                gains.append(f"{100 * (1 - mp['vrmse']['mean'] / dp['vrmse']['mean']):.0f}%")
+        if gains:
+            out.append("| MPDPS vs DPS (lower VRMSE) | " + " | ".join(gains) + " |")
+        best = []
+        for c in cells:
+            mp = c["methods"].get("mpdps")
+            classical = [c["methods"][k]["vrmse"]["mean"] for k in ("kriging", "linear") if k in c["methods"]]
+            if mp and classical:
+                best.append(f"{100 * (1 - mp['vrmse']['mean'] / min(classical)):.0f}%")
+        if best:
+            out.append("| MPDPS vs best classical (kriging, linear) | " + " | ".join(best) + " |")
+        out.append("")
+        out.append(f"Uncertainty on {name} (50% / 90% coverage, CRPS in field units; `cal` = after "
+                   "`calibrate_reconstruction`):\n")
+        out.append("| method | " + " | ".join(heads) + " |")
+        out.append("|---" * (len(cells) + 1) + "|")
+        for m in ("mpdps", "dps", "gp", "kriging"):
+            if not any(m in c["methods"] for c in cells):
+                continue
+            row = []
+            for c in cells:
+                d = c["methods"].get(m)
+                row.append("–" if not d else f"{_m(d, 'coverage_50')} / {_m(d, 'coverage_90')}, {_m(d, 'crps', 3)}")
+            out.append(f"| {LABELS[m]} | " + " | ".join(row) + " |")
+            if any("coverage_90_cal" in c["methods"].get(m, {}) for c in cells):
+                row = []
+                for c in cells:
+                    d = c["methods"].get(m)
+                    row.append("–" if not d or "coverage_90_cal" not in d else
+                               f"{_m(d, 'coverage_50_cal')} / {_m(d, 'coverage_90_cal')}, {_m(d, 'crps_cal', 3)} "
+                               f"(τ {_m(d, 'temperature', 1)})")
+                out.append(f"| {LABELS[m]} cal | " + " | ".join(row) + " |")
+        out.append("")
+        secs = []
+        for m in ("mpdps", "dps", "gp", "kriging", "linear"):
+            vals = [c["methods"][m]["seconds"]["mean"] for c in cells if m in c["methods"] and "seconds" in c["methods"][m]]
+            if vals:
+                secs.append(f"{LABELS[m].strip('*')} {sum(vals) / len(vals):.1f} s")
+        if secs:
+            out.append("Seconds per reconstruction (mean over cells, compilation included once per shape): "
+                       + ", ".join(secs) + ".\n")
+        if ds.get("noise"):
+            out.append(f"Noise robustness on {name} (ρ = 1%, setting 1; level = noise std / training std):\n")
+            entries = ds["noise"]
+            base = next((c for c in cells if c["setting"] == 1 and abs(c["rho"] - 0.01) < 1e-9), None)
+            if base is not None:
+                entries = [{"noise": "gaussian", "level": base["noise_level"], "n_test": base["n_test"],
+                            "methods": base["methods"]}, *entries]
+            heads = [f"{e['noise']} {e['level']:g}" for e in entries]
+            out.append("| method | " + " | ".join(heads) + " |")
+            out.append("|---" * (len(entries) + 1) + "|")
+            for m in ORDER:
+                if any(m in e["methods"] for e in entries):
+                    out.append(f"| {LABELS[m]} | " + " | ".join(_pm(e["methods"].get(m)) for e in entries) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
+def speed_tables(res: dict[str, Any]) -> str:
+    out = ["| measurement | figure |", "|---|---|"]
+    d = res.get("draws", {})
+    for r in d.get("sampler", []):
+        out.append(f"| MPDPS, {r['draws']} vmapped draws | {r['seconds']:.2f} s ({r['per_draw_s']:.3f} s/draw; "
+                   f"compile {r['compile_s']:.0f} s) |")
+    if d:
+        out.append(f"| 16 draws / 1 draw | {d['ratio_16_to_1']:.2f}x |")
+    for r in d.get("reconstruct", []):
+        out.append(f"| `reconstruct` end to end, {r['draws']} draws | {r['seconds']:.2f} s |")
+    for r in d.get("memory", []):
+        out.append(f"| peak RSS, {r['draws']} draws (fresh process) | {r['peak_rss_mb']:.0f} MB |")
+    g = res.get("guided_vs_unconditional")
+    if g:
+        out.append(f"| 16 draws: unconditional / DPS / MPDPS | {g['unconditional_s']:.2f} / {g['dps_s']:.2f} / "
+                   f"{g['mpdps_s']:.2f} s (MPDPS {g['mpdps_over_unconditional']:.2f}x unconditional) |")
+    for sec, key, label in (("observations", "observations", "observed points"), ("time_stamps", "frames", "frames"),
+                            ("resolution", "decoded_values", "decoded values"), ("core_size", "core_size", "core size D")):
+        s = res.get(sec)
+        if not s:
+            continue
+        pts = ", ".join(f"{r[key]:,}: {r['seconds']:.2f} s" for r in s["rows"])
+        out.append(f"| {label} ({pts}) | exponent {s['exponent']:.2f} |")
+    t = res.get("training")
+    if t:
+        out.append(f"| FTM fit throughput | {t['ftm_entries_per_s'] / 1e6:.2f} M entries/s |")
+        out.append(f"| prior training (batch 8 x 12 frames) | {t['prior_steps_per_s']:.2f} steps/s |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    for path in (argv if argv is not None else sys.argv[1:]):
+        res = json.loads(open(path).read())
+        print(f"<!-- from {path} -->")
+        print(accuracy_tables(res) if "datasets" in res else speed_tables(res))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
