@@ -56,25 +56,58 @@ def package(name: str, work: Path, obs_args: str) -> Path:
 
 
 def model_card(name: str, manifest: dict, data, test_index: int, rho: float, noise: float) -> str:
+    """A readable record of how the bundle was made: commands, data, fit and training figures."""
+    from .recipes import commands
+
     ftm = manifest["sections"]["ftm"]["info"]
     prior = manifest["sections"].get("prior", {}).get("info", {})
+    training = prior.get("training", {})
+    fit = ftm.get("extra", {}).get("fit", {})
+    cmds = "\n".join(shlex.join(c) for c in commands(name, f"scratch/build-{name}"))
+    trace = training.get("loss_trace", {})
+    values, stride = trace.get("values", []), trace.get("stride", 1)
+    every = max(1, 500 // max(stride, 1))
+    trace_rows = ", ".join(f"{i * stride}: {v:.3f}" for i, v in enumerate(values) if i % every == 0)
+    units = data["field"].attrs.get("units", "")
     lines = [
         f"# Pretrained bundle `{name}`",
         "",
-        "Trained on this project's CPU machines (2 cores) with the project's own commands, by",
-        f"`scripts/build_pretrained.sh {name}` (see that script for the exact command lines):",
+        "Made on this project's CPU machines (2 cores, no GPU) with the project's own commands",
+        f"(`scripts/build_pretrained.sh {name}`, recipe in `sdift_prob/pretrained/recipes.py`):",
         "",
-        f"- data: `sdift simulate {name} --n 120 --seed 0` — parameters: `{data.attrs.get('parameters', '')}`",
-        f"- FTM: `sdift fit-ftm ... --ranks {' '.join(map(str, ftm['ranks']))} --seed 0`",
-        f"  fit summary: `{json.dumps(ftm.get('extra', {}).get('fit', {}))}`",
-        f"- prior: `sdift train-prior` with config `{json.dumps(prior.get('config', prior))[:2000]}`",
-        f"  training report: `{json.dumps({k: prior[k] for k in prior if k not in ('config', 'loss_history')})[:2000]}`",
-        f"- test data: trajectory {test_index} of the collection (split `test`, never seen in training);",
-        f"  `obs_rho{round(100 * rho)}pct.nc`: {100 * rho:g}% of the grid per time stamp, Gaussian noise std "
-        f"{noise:.4g} ({data['field'].attrs.get('units', '')}, 0.1 x the training std), key 1.",
+        "```bash",
+        cmds,
+        f"python -m sdift_prob.pretrained.package {name} scratch/build-{name}",
+        "```",
         "",
-        "Package versions at training time: "
-        f"`{json.dumps(manifest.get('versions', manifest.get('package_versions', {})))}`",
+        "## Data",
+        f"- simulator `{data.attrs.get('simulator', name)}`, seed {data.attrs.get('seed', 0)}, "
+        f"{data.sizes['trajectory']} trajectories ({int((data.split.values == 'train').sum())} train, "
+        f"{int((data.split.values == 'test').sum())} test), grid "
+        + " x ".join(f"{d} {data.sizes[d]}" for d in data["field"].dims[1:]) + f", units `{units}`",
+        f"- parameters: `{data.attrs.get('parameters', '')}`",
+        "",
+        "## Functional Tucker model",
+        f"- ranks {' x '.join(map(str, ftm['ranks']))}, coordinate nets width {ftm['config'].get('width')} depth "
+        f"{ftm['config'].get('depth')} (SIREN, omega {ftm['config'].get('omega')}), all training entries, "
+        f"{100 * ftm['config'].get('holdout_fraction', 0):g}% held out for early stopping",
+        f"- full-field VRMSE on the training trajectories {fit.get('full_vrmse', float('nan')):.4f}, held-out entries "
+        f"{fit.get('holdout_vrmse', float('nan')):.4f}; best epoch {fit.get('best_epoch')} of {fit.get('epochs')}; "
+        f"{fit.get('wall_time_s', float('nan')):.0f} s",
+        "",
+        "## GPSD prior",
+        f"- temporal U-Net `{json.dumps(prior.get('net', {}))}`, {training.get('num_parameters', 0):,} parameters",
+        f"- EDM `{json.dumps(prior.get('edm', {}))}`; noise kernel `{json.dumps(prior.get('kernel', {}))}`",
+        f"- {training.get('steps')} steps, {training.get('steps_per_s', float('nan')):.2f} steps/s, "
+        f"{training.get('wall_time_s', float('nan')) / 60:.0f} min; final loss {training.get('final_loss', float('nan')):.3f}",
+        f"- loss by step: {trace_rows}",
+        "",
+        "## Shipped test data",
+        f"- `test_trajectory.nc`: trajectory {test_index} of the collection (split `test`, never seen in training)",
+        f"- `obs_rho{round(100 * rho)}pct.nc`: {100 * rho:g}% of the grid per time stamp, Gaussian noise std "
+        f"{noise:.4g} {units} (0.1 x the training std), key 1",
+        "",
+        f"Package versions at training time: `{json.dumps(manifest.get('versions', {}))}`",
     ]
     return "\n".join(lines) + "\n"
 
