@@ -45,7 +45,7 @@ from models.observation import LIKELIHOODS, check_observation_inputs, observatio
 from sdift_prob.data.fields import Normalizer
 from sdift_prob.data.observations import ObservationSet, PaddedObservations
 from sdift_prob.errors import FormatError, InputError, bad_input
-from sdift_prob.io import NETCDF_ENGINE, atomic_file
+from sdift_prob.io import NETCDF_ENGINE, atomic_file, probe_hdf5
 from sdift_prob.metrics import crps_ensemble, interval_coverage, pit_values, rmse, vrmse
 
 __all__ = [
@@ -605,6 +605,7 @@ def load_posterior(path: str | os.PathLike) -> az.InferenceData:
     target = Path(path)
     if not target.is_file():
         raise InputError(f"path: expected an existing posterior file, got {str(target)!r} (not found)")
+    probe_hdf5(target)  # a corrupt file can hang the HDF5 library: read its metadata aside first
     try:
         idata = az.from_netcdf(str(target), engine=NETCDF_ENGINE)
         idata = idata.map(lambda ds: ds.load())

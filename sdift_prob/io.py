@@ -67,6 +67,65 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# A corrupted HDF5 file can make the HDF5 library loop forever (seen here: a zeroed global
+# heap under a DIMENSION_LIST attribute) or crash, inside C code that holds the GIL, so no
+# in-process timeout can help. `probe_hdf5` therefore reads the file's metadata in a short-lived
+# child process first.
+_PROBE = """
+import sys
+import h5py
+def visit(name, obj):
+    for k in obj.attrs:
+        obj.attrs[k]
+    if isinstance(obj, h5py.Dataset):
+        [len(d) for d in obj.dims]
+with h5py.File(sys.argv[1], "r") as f:
+    for k in f.attrs:
+        f.attrs[k]
+    f.visititems(visit)
+"""
+PROBE_TIMEOUT_S = 30.0
+
+
+def probe_hdf5(path: str | os.PathLike, timeout: float | None = None) -> None:
+    """Raise `FormatError` if reading the metadata of the HDF5/netCDF file `path` hangs or crashes.
+
+    The metadata (every attribute and dimension scale) is read by `h5py` in a child process,
+    killed after `timeout` seconds (default `PROBE_TIMEOUT_S`, or the environment variable
+    `SDIFT_PROBE_TIMEOUT`; `0` disables the probe). Other read errors are left to the caller's
+    reader, which names them. Costs about 0.2 s per file.
+    """
+    import subprocess
+    import sys
+
+    from .errors import FormatError
+
+    if timeout is None:
+        timeout = float(os.environ.get("SDIFT_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
+    if timeout <= 0:
+        return
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                return  # not HDF5: the reader reports it
+    except OSError:
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(p)], capture_output=True, timeout=timeout,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired:
+        raise FormatError(
+            f"{p}: corrupt file: reading its HDF5 metadata did not finish within {timeout:g} s "
+            "(the HDF5 library loops on it)"
+        ) from None
+    except OSError:
+        return  # cannot start a child process here: read without the probe
+    if proc.returncode < 0:
+        raise FormatError(f"{p}: corrupt file: reading its HDF5 metadata crashed the HDF5 library "
+                          f"(signal {-proc.returncode})")
+
+
 def read_netcdf(path: str | os.PathLike):
     """Read a whole netCDF file into memory as an `xr.Dataset`.
 
@@ -80,6 +139,7 @@ def read_netcdf(path: str | os.PathLike):
     p = Path(path)
     if not p.is_file():
         raise InputError(f"path: expected an existing file, got {str(p)!r}")
+    probe_hdf5(p)
     try:
         with xr.open_dataset(p, engine=NETCDF_ENGINE) as opened:
             return opened.load()

@@ -59,8 +59,22 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+DIGEST_KEY = "manifest_sha256"
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of a manifest's canonical JSON, leaving out its own `manifest_sha256` entry."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
+def _manifest_text(manifest: dict[str, Any]) -> str:
+    sealed = {**manifest, DIGEST_KEY: manifest_digest(manifest)}
+    return json.dumps(sealed, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
 def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False)
+    text = _manifest_text(manifest).rstrip("\n")
     with atomic_file(run_dir / MANIFEST, overwrite=True) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
 
@@ -88,7 +102,7 @@ def new_run(run_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     _check_new_target(target, overwrite)
     manifest = {"sdift_run_format": RUN_FORMAT_VERSION, "created": _now(), "versions": package_versions(), "sections": {}}
     with atomic_dir(target, overwrite=overwrite) as tmp:
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / MANIFEST).write_text(_manifest_text(manifest), encoding="utf-8")
         yield tmp
 
 
@@ -137,7 +151,32 @@ def _load_manifest_json(run_dir: Path) -> dict[str, Any]:
             or not all(isinstance(v, str) for v in sec["files"].values())
         ):
             raise FormatError(f"{path}: corrupt manifest (section {name!r} lacks 'info' or 'files')")
+        for fname in sec["files"]:
+            if not _plain_name(fname):
+                raise FormatError(f"{path}: corrupt manifest (section {name!r} lists {fname!r}, not a plain file name)")
     return manifest
+
+
+def _plain_name(fname: object) -> bool:
+    return (
+        isinstance(fname, str) and bool(fname) and fname not in (MANIFEST, ".", "..") and not fname.startswith(".")
+        and "/" not in fname and "\\" not in fname
+    )
+
+
+    # Manifests carry a checksum of their own canonical JSON (older ones, e.g. shipped bundles
+    # written before it existed, have none and are read as they are).
+def _verify_digest(manifest: dict[str, Any], path: Path) -> None:
+    if DIGEST_KEY in manifest:
+        try:
+            expected = manifest_digest(manifest)
+        except (TypeError, ValueError) as exc:
+            raise FormatError(f"{path}: corrupt manifest (not canonical JSON: {exc})") from exc
+        if manifest[DIGEST_KEY] != expected:
+            raise FormatError(
+                f"{path}: the manifest was changed after it was written (its own SHA-256 does not match); "
+                "it must not be edited by hand; restore it or rebuild the run"
+            )
 
 
 def read_manifest(run_dir: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
@@ -146,7 +185,8 @@ def read_manifest(run_dir: str | os.PathLike, *, verify: bool = True) -> dict[st
     **Arguments:**
 
     - `run_dir`: the run directory.
-    - `verify`: check every file listed in the manifest exists and has the recorded SHA-256.
+    - `verify`: check the manifest's own SHA-256 (`manifest_sha256`, absent in manifests written
+      before it existed) and that every file listed exists and has the recorded SHA-256.
 
     **Returns:** the manifest as a dict. Raises `FormatError` for a missing or corrupt
     manifest, an unsupported format version, or a missing or altered file (named).
@@ -154,6 +194,7 @@ def read_manifest(run_dir: str | os.PathLike, *, verify: bool = True) -> dict[st
     root = Path(run_dir)
     manifest = _load_manifest_json(root)
     if verify:
+        _verify_digest(manifest, root / MANIFEST)
         for name, sec in manifest["sections"].items():
             for fname, digest in sec["files"].items():
                 path = root / fname
@@ -208,14 +249,7 @@ def add_artifact(
         raise bad_input("files", "a non-empty mapping file name -> writer", files)
     owned = {f: s for s, sec in sections.items() if s != section for f in sec["files"]}
     for fname, writer in files.items():
-        if (
-            not isinstance(fname, str)
-            or not fname
-            or fname in (MANIFEST, ".", "..")
-            or fname.startswith(".")
-            or "/" in fname
-            or "\\" in fname
-        ):
+        if not _plain_name(fname):
             raise bad_input("files", f"plain file names other than {MANIFEST!r} (no folders, no leading '.')", fname)
         if fname in owned:
             raise bad_input("files", f"file names not owned by another section ({fname!r} belongs to {owned[fname]!r})", fname)

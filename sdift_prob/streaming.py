@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import FormatError, InputError, bad_input
-from .io import NETCDF_ENGINE
+from .io import NETCDF_ENGINE, probe_hdf5
 
 __all__ = ["open_fields_lazy", "is_lazy", "TrajectoryReader"]
 
@@ -41,6 +41,7 @@ def open_fields_lazy(path: str | os.PathLike) -> xr.Dataset:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"path: expected an existing file, got {str(p)!r}")
+    probe_hdf5(p)
     try:
         # cache=False: a full read (e.g. `.values`) must not pin the whole field in memory
         ds = xr.open_dataset(p, engine=NETCDF_ENGINE, cache=False)

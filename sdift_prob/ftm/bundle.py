@@ -114,20 +114,33 @@ def load_run(run_dir: str | os.PathLike) -> FTMFit:
     by an incompatible version, or a file is missing, altered or unreadable.
     """
     root = Path(run_dir)
-    info = section_info(root, FTM_SECTION, verify=True)
-    files = section_files(root, FTM_SECTION, verify=False)
+    # versions first (an incompatible bundle is named as such), then the checksums
+    info = section_info(root, FTM_SECTION, verify=False)
     found = info.get("ftm_format")
     if found != FTM_FORMAT_VERSION:
         raise FormatError(
             f"{root}: the 'ftm' section has format {found!r}; this version of sdift-prob reads "
             f"format {FTM_FORMAT_VERSION}"
         )
+    info = section_info(root, FTM_SECTION, verify=True)
+    files = section_files(root, FTM_SECTION, verify=False)
     for name in (MODEL_FILE, CORES_FILE):
         if name not in files:
             raise FormatError(f"{root}: the 'ftm' section does not list {name!r}")
     try:
         config = FTMConfig.from_dict(info["config"])
         normalizer = Normalizer.from_dict(info["normalizer"])
+        # Before building the skeleton (Python objects per layer): the networks the manifest
+        # describes must fit in ftm.eqx, so that an edited manifest cannot ask for 10^9 layers.
+        n_modes = len(info["ranks"])
+        at_least = n_modes * ((config.depth - 1) * config.width**2 + config.depth * config.width)
+        size = files[MODEL_FILE].stat().st_size
+        if 4 * at_least > size:
+            raise FormatError(
+                f"{files[MODEL_FILE]}: the manifest's network settings (width {config.width}, depth "
+                f"{config.depth}, {n_modes} modes: at least {at_least} parameters) do not fit in the "
+                f"file's {size} bytes"
+            )
         skeleton = _model_skeleton(info, config)
         t0, t1 = (float(v) for v in info["time_domain"])
     except (KeyError, TypeError, ValueError, InputError) as exc:
