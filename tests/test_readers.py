@@ -162,6 +162,9 @@ def test_from_xarray_errors_name_the_argument():
         from_xarray(np.zeros((2, 3)))
     with pytest.raises(InputError, match="split"):
         from_xarray(foreign(), variable="thetao", split="valid")
+    dup = foreign().assign_coords(lon=[-40.0, -39.0, -39.0])
+    with pytest.raises(InputError, match=r"obj\['lon'\]: expected a coordinate without repeated values"):
+        from_xarray(dup, variable="thetao")
 
 
 # -- NaN masks through the data layer -------------------------------------------------------------

@@ -328,6 +328,9 @@ def from_xarray(
         if c.size > 1 and (np.diff(c.astype(np.float64)) < 0).any():
             da = da.sortby(d)
             sorted_dims.append(d)
+        if np.unique(c).size != c.size:
+            raise bad_input(f"obj[{d!r}]", "a coordinate without repeated values",
+                            f"{c.size - np.unique(c).size} repeated")
 
     values = np.asarray(da.values)
     if values.dtype.kind in "iub":
