@@ -59,7 +59,7 @@ def test_reconstruction_is_the_same_up_to_scale(fits):
 
 def test_near_duplicate_time_stamps_get_jitter_with_a_warning():
     kernel = TemporalKernel("rbf", 0.1, 1.0)
-    t = [0.0, 1e-7, 0.5, 1.0]
+    t = [0.0, 1e-9, 0.5, 1.0]  # 1e-9 apart on a 0.1 lengthscale: singular without jitter
     with pytest.warns(RuntimeWarning, match="needed relative jitter"):
         chol = time_cholesky(kernel, t, jitter=0.0)
     assert np.isfinite(np.asarray(chol)).all()
