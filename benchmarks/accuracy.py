@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, help="override the suite's number of test trajectories")
     p.add_argument("--n-test-noise", type=int, help="override the noise table's number of test trajectories")
     p.add_argument("--draws", type=int, help="override the suite's number of posterior draws")
+    p.add_argument("--rho", type=float, nargs="+", help="override the suite's observation ratios")
+    p.add_argument("--settings", type=int, nargs="+", choices=(1, 2), help="override the suite's settings")
+    p.add_argument("--noise-levels", type=float, nargs="+", help="override the noise table's levels")
     p.add_argument("--no-noise-table", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -297,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     for field in ("n_test", "n_test_noise", "draws"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)
+    for field in ("rho", "settings", "noise_levels"):
+        if getattr(args, field) is not None:
+            overrides[field] = tuple(getattr(args, field))
     if args.no_noise_table:
         overrides["noise_models"] = ()
     suite = dataclasses.replace(suite, **overrides)

@@ -251,8 +251,10 @@ def reconstruct(
         if "poisson_offset" not in attrs or scale is None:
             raise bad_input("obs.attrs", "poisson_offset and the Poisson scale (physical) for likelihood='poisson'",
                             sorted(attrs))
+        # Rounded as the padded values are (float32 inside the sampler), so that a point at
+        # the offset compares equal to it instead of one rounding step below.
         like_params = {
-            "poisson_offset": float(normalizer.forward(float(attrs["poisson_offset"]))),
+            "poisson_offset": float(np.float32(normalizer.forward(float(attrs["poisson_offset"])))),
             "poisson_scale": float(scale) / normalizer.std,
         }
         sigma_y, infer_sigma = None, False
