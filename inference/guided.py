@@ -977,6 +977,10 @@ def sample_posterior(
             state, info = _sample_chunk(part, denoise, problem, config)
         else:
             state, info = _sample_chunk_sharded(part, denoise, problem, config, mesh)
+            if jax.process_count() > 1:  # multi-host: every process gets all draws
+                from jax.experimental import multihost_utils
+
+                state, info = multihost_utils.process_allgather((state, info), tiled=True)
         states.append(jax.tree_util.tree_map(lambda a, n=n: np.asarray(a[:n]), state))
         infos.append(jax.tree_util.tree_map(lambda a, n=n: np.asarray(a[:n]), info))
     state = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *states)

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .errors import SdiftError, TrainingInterrupted
+from .errors import InputError, SdiftError, TrainingInterrupted, bad_input
 
 # Each module in sdift_prob/commands/ adds one sub-command (`register`) and runs it (`run`).
 COMMANDS = (
@@ -31,10 +31,37 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    dist = parser.add_argument_group(
+        "multi-host", "run one process per host with the same command; see docs/SCALING.md")
+    dist.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                      help="address of process 0 (calls jax.distributed.initialize before the command)")
+    dist.add_argument("--num-processes", type=int, default=None, help="number of processes (hosts)")
+    dist.add_argument("--process-id", type=int, default=None, help="this process's index, 0 .. N-1")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"sdift_prob.commands.{name}").register(sub)
     return parser
+
+
+def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """`jax.distributed.initialize` for multi-host runs (CPU hosts use gloo collectives).
+
+    After it, `jax.devices()` lists the devices of every process, and the automatic `devices`
+    choice of sampling and training spans them all.
+    """
+    import jax
+
+    if coordinator is None or num_processes is None or process_id is None:
+        raise bad_input("--coordinator/--num-processes/--process-id", "all three together",
+                        {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id})
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise bad_input("--process-id", f"an index in [0, {num_processes - 1}] (with --num-processes >= 1)", process_id)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"--coordinator: jax.distributed.initialize failed ({exc})") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
+            init_distributed(args.coordinator, args.num_processes, args.process_id)
         return int(args.func(args) or 0)
     except TrainingInterrupted as err:
         if args.debug:

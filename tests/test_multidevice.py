@@ -103,3 +103,37 @@ def test_two_device_process_agrees_to_float32_rounding(results):
     _, two, _, here = results
     np.testing.assert_array_equal(two["ftm_cores_dev1"], here["ftm_cores"])  # no convolutions: bitwise
     np.testing.assert_allclose(two["reconstruct_mpdps_field"], here["mpdps_field"], rtol=1e-4, atol=1e-4)
+
+
+def test_two_processes_joined_by_jax_distributed(tmp_path):
+    """Multi-host on one machine: two processes, one CPU device each, `jax.distributed.initialize`
+    (gloo collectives). Draws are split across the processes and every process gets all of them;
+    the FTM fit is data-parallel across them."""
+    import socket
+
+    sys.path.insert(0, str(SCRIPTS))
+    from multiprocess_check import linear_draws
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "multiprocess_check.py"), str(port), str(i),
+                               str(tmp_path / f"p{i}.npz")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    try:
+        errs = [p.communicate(timeout=600)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, err in zip(procs, errs):
+        assert p.returncode == 0, err[-3000:]
+    a, b = (dict(np.load(tmp_path / f"p{i}.npz")) for i in (0, 1))
+    assert int(a["devices"]) == 2
+    np.testing.assert_array_equal(a["draws"], b["draws"])  # both processes hold all the draws
+    np.testing.assert_array_equal(a["cores"], b["cores"])
+    np.testing.assert_allclose(a["draws"], linear_draws(), atol=1e-5)  # = one process, one device
+    fit, _ = rh.tiny_fit(rh.collection())
+    np.testing.assert_allclose(a["cores"], np.asarray(fit.cores), atol=1e-5)
