@@ -3,8 +3,10 @@ posterior temperature τ.
 
 A random fraction of the observations is held out (stratified per time stamp). For every
 candidate ζ the caller's sampler conditions on the rest and predicts the held-out points. The
-predictive draws are scored against the held-out values with the CRPS and the coverage of
-central intervals (`sdift_prob.metrics`), with the spread tempered by each candidate τ.
+predictive draws are scored against the held-out values with the (fair) CRPS and the coverage
+of central intervals (`sdift_prob.metrics`; draw-count-aware predictive intervals, so the
+chosen τ does not compensate for the narrowness of few-draw quantiles), with the spread
+tempered by each candidate τ.
 
 Choice rule:
 
@@ -38,7 +40,7 @@ from tqdm.auto import tqdm
 
 from sdift_prob.data.observations import ObservationSet
 from sdift_prob.errors import NumericalError, bad_input
-from sdift_prob.metrics import crps_ensemble, interval_coverage
+from sdift_prob.metrics import crps_ensemble, interval_bounds, interval_coverage
 
 __all__ = [
     "DEFAULT_TEMPERATURES",
@@ -280,7 +282,7 @@ def _coverage_temperature(truth: np.ndarray, draws: np.ndarray, level: float) ->
     n = truth.size
     need = int(math.ceil(level * n - 1e-9))
     m = draws.mean(axis=0)
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    lo, hi = interval_bounds(draws, level)
     # Covered at std factor s iff m + s (lo - m) <= y <= m + s (hi - m): two conditions a s <= b.
     lower = np.zeros(n)
     upper = np.full(n, np.inf)
@@ -394,7 +396,7 @@ def calibrate(
         all_draws.append(draws)
         for j, tau in enumerate(temp_grid):
             tempered = apply_temperature(draws, tau)
-            crps_grid[i, j] = crps_ensemble(truth, tempered)
+            crps_grid[i, j] = crps_ensemble(truth, tempered, fair=True)
             cov = interval_coverage(truth, tempered, level_grid)
             coverage_grid[i, j] = [cov[lv] for lv in level_grid]
 
@@ -428,8 +430,8 @@ def calibrate(
         levels=level_grid,
         coverage_before=tuple(before_cov[lv] for lv in level_grid),
         coverage_after=tuple(after_cov[lv] for lv in level_grid),
-        crps_before=float(crps_ensemble(truth, draws)),
-        crps_after=float(crps_ensemble(truth, after)),
+        crps_before=float(crps_ensemble(truth, draws, fair=True)),
+        crps_after=float(crps_ensemble(truth, after, fair=True)),
         zetas=zeta_grid,
         temperatures=temp_grid,
         crps_grid=crps_grid,

@@ -679,17 +679,20 @@ def coverage(
     idata: az.InferenceData,
     truth: xr.DataArray | Float[ArrayLike, "T *space"],
     levels: Sequence[float] = (0.5, 0.9),
+    *,
+    method: str = "predictive",
 ) -> dict[float, float]:
     """Fraction of truth entries inside the central posterior intervals of each level
-    (`sdift_prob.metrics.interval_coverage`, draws = all chains and draws)."""
+    (`sdift_prob.metrics.interval_coverage`, draws = all chains and draws; `method`
+    `"predictive"` = draw-count-aware intervals, `"quantile"` = empirical quantiles)."""
     field = _field(idata)
-    return dict(interval_coverage(_truth_array(field, truth), _draws(field), levels))
+    return dict(interval_coverage(_truth_array(field, truth), _draws(field), levels, method=method))
 
 
 def crps(idata: az.InferenceData, truth: xr.DataArray | Float[ArrayLike, "T *space"]) -> float:
-    """Mean ensemble CRPS of the posterior field against `truth` (physical units)."""
+    """Mean (fair) ensemble CRPS of the posterior field against `truth` (physical units)."""
     field = _field(idata)
-    return float(crps_ensemble(_truth_array(field, truth), _draws(field)))
+    return float(crps_ensemble(_truth_array(field, truth), _draws(field), fair=True))
 
 
 def pit(
@@ -709,7 +712,8 @@ def evaluate(idata: az.InferenceData, truth: xr.DataArray | Float[ArrayLike, "T 
     """Accuracy and calibration of the posterior field against `truth (time, *space)`.
 
     **Returns:** `{"vrmse", "rmse"}` of the posterior mean, `{"coverage_50", "coverage_90"}` of
-    the central intervals, `"crps"` of the ensemble; all floats, physical units.
+    the central intervals (draw-count-aware predictive intervals, `metrics.interval_bounds`),
+    `"crps"` of the ensemble (fair estimator); all floats, physical units.
     """
     field = _field(idata)
     u = _truth_array(field, truth)
@@ -721,5 +725,5 @@ def evaluate(idata: az.InferenceData, truth: xr.DataArray | Float[ArrayLike, "T 
         "rmse": float(rmse(u, mean)),
         "coverage_50": float(cov[0.5]),
         "coverage_90": float(cov[0.9]),
-        "crps": float(crps_ensemble(u, draws)),
+        "crps": float(crps_ensemble(u, draws, fair=True)),
     }

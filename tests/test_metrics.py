@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sdift_prob.errors import InputError
-from sdift_prob.metrics import crps_ensemble, interval_coverage, mae, pit_values, rmse, summarise, vrmse
+from sdift_prob.metrics import crps_ensemble, interval_bounds, interval_coverage, mae, pit_values, rmse, summarise, vrmse
 
 
 def test_vrmse_hand_values():
@@ -68,9 +68,34 @@ def test_interval_coverage_hand_values():
     draws = np.arange(11.0)[:, None] * np.ones((1, 4))  # 0..10 at every entry
     truth = np.array([5.0, 2.4, 8.0, 10.5])
     # 50% interval: [2.5, 7.5]; 90%: [0.5, 9.5].
-    cov = interval_coverage(truth, draws, levels=(0.5, 0.9))
+    cov = interval_coverage(truth, draws, levels=(0.5, 0.9), method="quantile")
     assert cov == {0.5: 0.25, 0.9: 0.75}
-    assert interval_coverage(truth, draws, levels=0.5) == {0.5: 0.25}
+    assert interval_coverage(truth, draws, levels=0.5, method="quantile") == {0.5: 0.25}
+    # Predictive interval: mean 5 ± t_10(0.95) * s * sqrt(1 + 1/11), s = sqrt(11) (ddof 1).
+    from scipy.stats import t
+
+    half = t.ppf(0.95, 10) * np.sqrt(11.0) * np.sqrt(1 + 1 / 11)
+    lo, hi = interval_bounds(draws, 0.9)
+    np.testing.assert_allclose(hi, 5 + half)
+    np.testing.assert_allclose(lo, 5 - half)
+    assert interval_coverage(truth, draws, levels=(0.9,)) == {0.9: float(np.mean(np.abs(truth - 5) <= half))}
+
+
+@pytest.mark.parametrize("n_draws", [4, 8, 32])
+def test_predictive_intervals_are_calibrated_for_any_number_of_draws(n_draws):
+    rng = np.random.default_rng(n_draws)
+    mu = rng.normal(size=20_000)
+    truth = mu + rng.normal(size=20_000)
+    draws = mu + rng.normal(size=(n_draws, 20_000))
+    cov = interval_coverage(truth, draws, levels=(0.5, 0.9))
+    assert cov[0.5] == pytest.approx(0.5, abs=0.015) and cov[0.9] == pytest.approx(0.9, abs=0.01)
+    # the empirical quantiles of few draws are too narrow for the same calibrated ensemble
+    q = interval_coverage(truth, draws, levels=(0.9,), method="quantile")[0.9]
+    assert q < 0.9 - 0.02 if n_draws <= 8 else q < 0.9
+    # the fair CRPS does not depend on the ensemble size (the standard one does)
+    big = mu + rng.normal(size=(400, 20_000))
+    assert crps_ensemble(truth, draws, fair=True) == pytest.approx(crps_ensemble(truth, big, fair=True), rel=0.02)
+    assert crps_ensemble(truth, draws) > crps_ensemble(truth, draws, fair=True)
 
 
 def test_coverage_and_pit_of_calibrated_ensemble():

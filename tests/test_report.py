@@ -298,11 +298,12 @@ def tiny(setup):
 def test_evaluate_matches_hand_computation(tiny):
     idata, truth = tiny
     # mean = [1.5, 1.0]; errors [0, 2]; truth mean 2.25, variance 0.5625.
-    # CRPS: point 0: E|X-y| = 1, E|X-X'| = 20/16 -> 0.375; point 1: 2.5 - 0.5 * 24/16 = 1.75.
-    # 50% interval (linear quantiles): [0.75, 2.25] and [0, 1] -> 1 of 2 covered;
-    # 90%: [0.15, 2.85] and [0, 3.4] -> both covered.
+    # Fair CRPS (pairs of distinct draws): point 0: E|X-y| = 1, E|X-X'| = 20/12 -> 1/6;
+    # point 1: 2.5 - 0.5 * 24/12 = 1.5.
+    # Predictive intervals m ± t_3 s sqrt(5/4): point 0 (m 1.5, s 1.29) covered at both levels;
+    # point 1 (m 1, s 2, |y - m| = 2): 50% half-width 1.71 -> out, 90% 5.26 -> in.
     expected = {"vrmse": np.sqrt(2.0 / 0.5625), "rmse": np.sqrt(2.0), "coverage_50": 0.5, "coverage_90": 1.0,
-                "crps": (0.375 + 1.75) / 2}
+                "crps": (1 / 6 + 1.5) / 2}
     got = evaluate(idata, truth)
     assert set(got) == set(expected)
     for name, value in expected.items():
