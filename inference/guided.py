@@ -60,7 +60,7 @@ from sdift_prob.data.observations import TIME_RTOL, PaddedObservations
 from sdift_prob.errors import NumericalError, bad_input
 from sdift_prob.gp import TemporalKernel, loo_weights
 from sdift_prob.gpsd.edm import EDMConfig, karras_sigmas
-from sdift_prob.parallel import DRAWS_AXIS, device_count
+from sdift_prob.parallel import DRAWS_AXIS, TRAJECTORY_AXIS, device_count
 from sdift_prob.parallel import mesh as device_mesh
 
 from .noise import DEFAULT_PRIOR_SCALE, update_sigma
@@ -78,6 +78,7 @@ __all__ = [
     "init",
     "step",
     "sample_posterior",
+    "sample_posterior_many",
     "mpdps_gradient",
     "union_times",
     "reference_message_kernel",
@@ -994,6 +995,99 @@ def sample_posterior(
         "guidance_rms": info.guidance_rms,
         "noise_level": info.noise_level[0],
     }
+
+
+@eqx.filter_jit
+def _sample_many(keys: PRNGKeyArray, denoise: Denoiser, problems: GuidedProblem, config: GuidedConfig,
+                 mesh: Any) -> tuple[GuidedState, GuidedInfo]:
+    """Chains `keys (B, S)` of B stacked problems; with a mesh, the B axis is split over its devices."""
+
+    def chains(k: PRNGKeyArray, probs: GuidedProblem, den: Denoiser) -> tuple[GuidedState, GuidedInfo]:
+        return jax.vmap(lambda kk, p: jax.vmap(lambda k1: _run_chain(k1, den, p, config))(kk))(k, probs)
+
+    if mesh is None:
+        return chains(keys, problems, denoise)
+    prob_dyn, prob_static = eqx.partition(problems, eqx.is_array)
+    den_dyn, den_static = eqx.partition(denoise, eqx.is_array)
+
+    def local(k: PRNGKeyArray, pd: Any, dd: Any) -> tuple[GuidedState, GuidedInfo]:
+        return chains(k, eqx.combine(pd, prob_static), eqx.combine(dd, den_static))
+
+    spec = jax.sharding.PartitionSpec(TRAJECTORY_AXIS)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, jax.sharding.PartitionSpec()), out_specs=spec,
+                         check_vma=False)(keys, prob_dyn, den_dyn)
+
+
+def sample_posterior_many(
+    key: PRNGKeyArray,
+    denoise: Denoiser,
+    designs: list[Float[ArrayLike, "M P D"]],
+    paddeds: list[PaddedObservations],
+    *,
+    core_mean: float,
+    core_std: float,
+    times_norm: list[Float[ArrayLike, " M"]],
+    noise_chols: list[Float[ArrayLike, "M M"]],
+    config: GuidedConfig,
+    num_draws: int,
+    core_shape: tuple[int, ...] | None = None,
+    devices: int | None = None,
+) -> Float[np.ndarray, "B num_draws M *R"]:
+    """Posterior draws for several trajectories (e.g. a test set) in one program, the
+    trajectories split over devices (`jax.shard_map` on a mesh axis `"trajectories"`).
+
+    Trajectory `b` uses the key `jax.random.fold_in(key, b)`, so its draws are those of
+    `sample_posterior(fold_in(key, b), ...)` with the same problem (to float32 rounding: the
+    batched program may order its sums differently).
+
+    **Arguments:** as `sample_posterior`, with one `design (M, P, D)`, `padded`, `times_norm (M,)`
+    and `noise_chol (M, M)` per trajectory in lists of equal length B. All trajectories must
+    share `(M, P, D)`: put them on one time grid and pad every frame to the same number of
+    points (masked). `devices`: None = all of `jax.devices()`, or an int; B is padded up to a
+    multiple of it (the extra trajectories are discarded).
+
+    **Returns:** NumPy `(B, num_draws, M, R1, .., RK)` in FTM core units.
+
+    **Raises:** `NumericalError` naming the trajectory and step when a draw became non-finite.
+    """
+    if not callable(denoise):
+        raise bad_input("denoise", "a callable denoise(x, sigma, t) -> x0", type(denoise).__name__)
+    if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
+        raise bad_input("num_draws", "an integer >= 1", num_draws)
+    lists = {"designs": designs, "paddeds": paddeds, "times_norm": times_norm, "noise_chols": noise_chols}
+    sizes = {name: len(v) if isinstance(v, (list, tuple)) else None for name, v in lists.items()}
+    if None in sizes.values() or len(set(sizes.values())) != 1 or sizes["designs"] == 0:
+        raise bad_input("designs/paddeds/times_norm/noise_chols", "non-empty lists of one entry per trajectory, of "
+                        "equal length", sizes)
+    problems = [
+        prepare(d, p, core_mean=core_mean, core_std=core_std, times_norm=t, noise_chol=c, config=config,
+                core_shape=core_shape)
+        for d, p, t, c in zip(designs, paddeds, times_norm, noise_chols)
+    ]
+    shapes = {(pr.design.shape, pr.core_shape) for pr in problems}
+    if len(shapes) != 1:
+        raise bad_input("designs", "the same (M, P, D) for every trajectory (one time grid; pad frames to the same "
+                        "number of masked points)", sorted(s[0] for s in shapes))
+    B = len(problems)
+    n_dev = _draw_devices(devices)
+    padded_b = -(-B // n_dev) * n_dev
+    problems_all = problems + [problems[0]] * (padded_b - B)
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *problems_all)
+    keys = jnp.stack([jax.random.split(jax.random.fold_in(key, b), int(num_draws)) for b in range(padded_b)])
+    mesh = device_mesh(n_dev, TRAJECTORY_AXIS) if n_dev > 1 else None
+    state, _ = _sample_many(keys, denoise, stacked, config, mesh)
+    if mesh is not None and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        state = multihost_utils.process_allgather(state, tiled=True)
+    state = jax.tree_util.tree_map(lambda a: np.asarray(a)[:B], state)
+    for b in range(B):
+        one = jax.tree_util.tree_map(lambda a, b=b: a[b], state)
+        try:
+            _raise_if_nonfinite(one, problems[b], config)
+        except NumericalError as exc:
+            raise NumericalError(f"trajectory {b}: {exc}") from None
+    return np.asarray(problems[0].core_mean) + np.asarray(problems[0].core_std) * state.x
 
 
 def _raise_if_nonfinite(state: GuidedState, problem: GuidedProblem, config: GuidedConfig) -> None:

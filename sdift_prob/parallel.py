@@ -7,7 +7,9 @@ Everything here is JAX's own engine (`jax.sharding.Mesh`, `NamedSharding`, `jax.
   `"draws"` by `jax.shard_map`; every device runs the same vmapped program on its slice. Each
   draw's arithmetic does not depend on the others, but XLA compiles the program for the smaller
   per-device batch and may order batched dots and convolutions differently, so the draws equal
-  the 1-device draws to float32 rounding (often bitwise; not guaranteed).
+  the 1-device draws to float32 rounding (often bitwise; not guaranteed). Several test
+  trajectories at once (`inference.guided.sample_posterior_many`): the same over a mesh axis
+  `"trajectories"`.
 - **Data-parallel training** (FTM fit, GPSD prior): the minibatch is sharded over a 1-D mesh
   with axis `"batch"` with `jax.lax.with_sharding_constraint`, the parameters and optimiser
   state are replicated; XLA inserts the all-reduce of the gradients. The sums over the batch
@@ -33,9 +35,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .errors import bad_input
 
-__all__ = ["DRAWS_AXIS", "BATCH_AXIS", "device_count", "resolve_devices", "mesh", "batch_sharding", "replicated"]
+__all__ = ["DRAWS_AXIS", "TRAJECTORY_AXIS", "BATCH_AXIS", "device_count", "resolve_devices", "mesh", "batch_sharding", "replicated"]
 
 DRAWS_AXIS = "draws"
+TRAJECTORY_AXIS = "trajectories"
 BATCH_AXIS = "batch"
 
 

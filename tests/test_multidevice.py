@@ -73,6 +73,8 @@ def test_sharded_draws_equal_the_one_device_draws(results):
     # dots and convolutions: equal to float32 rounding, often bitwise (not guaranteed).
     samp = summary["sampling"]  # analytic denoiser, 5 draws (chunk padded to 6 over 2 devices)
     assert samp["maxdiff"] <= 1e-5, samp
+    traj = summary["trajectories"]  # sample_posterior_many: 3 trajectories over 2 devices
+    assert traj["shape"] == [3, 2, 4, 2] and traj["maxdiff"] <= 1e-5, traj
     rec = summary["reconstruct"]  # reconstruct -> sample_posterior shards over all devices by default
     assert rec["maxdiff"] <= 1e-5 * max(1.0, rec["scale"]), rec
 

@@ -93,6 +93,16 @@ def main(out: Path) -> None:
     d1, _ = sample_posterior(jax.random.key(2), white, A, padded, devices=1, **kw)
     d2, _ = sample_posterior(jax.random.key(2), white, A, padded, devices=2, **kw)
     summary["sampling"] = {"bitwise_1_vs_2": bool(np.array_equal(d1, d2)), "maxdiff": float(np.abs(d1 - d2).max())}
+    # three test trajectories at once, split over the 'trajectories' axis (padded to 4)
+    from inference.guided import sample_posterior_many
+
+    paddeds = [padded._replace(values=padded.values + b) for b in range(3)]
+    many_kw = dict(core_mean=0.3, core_std=2.0, times_norm=[np.linspace(0.0, 1.0, M)] * 3,
+                   noise_chols=[np.eye(M)] * 3, config=kw["config"], num_draws=2)
+    m1 = sample_posterior_many(jax.random.key(4), white, [A] * 3, paddeds, devices=1, **many_kw)
+    m2 = sample_posterior_many(jax.random.key(4), white, [A] * 3, paddeds, devices=2, **many_kw)
+    summary["trajectories"] = {"bitwise_1_vs_2": bool(np.array_equal(m1, m2)), "maxdiff": float(np.abs(m1 - m2).max()),
+                               "shape": list(m2.shape)}
     # --- automatic device choice warns when the batch does not divide
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
