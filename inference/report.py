@@ -72,7 +72,7 @@ POSTERIOR_KIND = "posterior"
 POSTERIOR_FORMAT_VERSION = 1
 _MODEL_OPTIONS = ("df", "poisson_offset", "poisson_scale", "sigma_prior_scale")
 _GROUPS_WITH_OBS = ("posterior_predictive", "observed_data", "log_likelihood")
-_RESERVED = ("chain", "draw", "time", "time_grid", "obs_id", "obs_time", "field", "cores", "sigma", "y")
+_RESERVED = ("chain", "draw", "time", "time_grid", "obs_id", "obs_time", "field", "cores", "sigma")
 
 
 # -- small checks ---------------------------------------------------------------------------------
@@ -530,22 +530,30 @@ def to_inference_data(
     coords: dict[str, Any] = {"time_grid": grid, "time": times, "obs_id": np.arange(n), **space_coords}
     for d, size in zip(rank_dims, cores.shape[3:]):
         coords[d] = np.arange(size)
-    dims = {"cores": ["time_grid", *rank_dims], "field": ["time", *dims_space], "y": ["obs_id"]}
+    dims = {"cores": ["time_grid", *rank_dims], "field": ["time", *dims_space]}
     with_obs = n > 0
+    # Two builds, so that a space dim may be called "y" (e.g. fluid2d's x, y) without clashing
+    # with the observed variable "y": the observation groups never see the field's coords.
     idata = az.from_dict(
         posterior=posterior,
-        posterior_predictive={"y": rep} if with_obs else None,
-        log_likelihood={"y": ll} if with_obs else None,
         sample_stats=stats or None,
-        observed_data={"y": obs.value} if with_obs else None,
         coords=coords,
         dims=dims,
         attrs=meta,
         posterior_attrs=meta,
-        posterior_predictive_attrs=meta,
-        log_likelihood_attrs=meta,
         sample_stats_attrs=meta,
     )
+    if with_obs:
+        idata.extend(az.from_dict(
+            posterior_predictive={"y": rep},
+            log_likelihood={"y": ll},
+            observed_data={"y": obs.value},
+            coords={"obs_id": np.arange(n)},
+            dims={"y": ["obs_id"]},
+            attrs=meta,
+            posterior_predictive_attrs=meta,
+            log_likelihood_attrs=meta,
+        ))
     obs_coords = {"obs_time": ("obs_id", obs.time)}
     for k, d in enumerate(dims_space):
         obs_coords[f"obs_{d}"] = ("obs_id", obs.coords[:, k])
@@ -558,6 +566,8 @@ def to_inference_data(
             for target in (name, f"obs_{name}" if name in ("time", *dims_space) else None):
                 if target is not None and target in ds.variables:
                     ds[target].attrs["units"] = unit
+        if "y" in ds.data_vars and "field" in units:
+            ds["y"].attrs["units"] = units["field"]  # the observed values, not a coordinate named y
     return idata
 
 

@@ -331,3 +331,23 @@ def test_truth_checked_against_field(tiny):
         evaluate(idata, as_da.assign_coords(lon=[0.0, 2.0]))
     with pytest.raises(InputError, match="idata"):
         evaluate(az.from_dict(posterior={"a": np.zeros((1, 4))}), truth)
+
+
+def test_space_dim_named_y_does_not_clash_with_the_observed_variable(tmp_path):
+    """fluid2d's space dims are (x, y); the observations are the variable y of other groups."""
+    obs = ObservationSet(value=np.array([1.0, 2.0, 3.0]), time=np.array([0.0, 0.0, 1.0]),
+                         coords=np.array([[0.1, 0.2], [0.5, 0.5], [0.9, 0.1]]), space_dims=("x", "y"),
+                         noise_scale=np.full(3, 0.1), noise_model="gaussian")
+    idata = to_inference_data(
+        core_draws=np.zeros((1, 2, 2, 3, 3)), field_draws=np.ones((1, 2, 2, 4, 5)), field_times=[0.0, 1.0],
+        field_coords={"x": np.linspace(0, 1, 4), "y": np.linspace(0, 1, 5)}, space_dims=("x", "y"), obs=obs,
+        y_rep=np.zeros((1, 2, 3)), log_lik=np.zeros((1, 2, 3)),
+        attrs={"units": {"field": "1/s", "y": "1/s", "x": "m"}},
+    )
+    assert idata.posterior["field"].dims == ("chain", "draw", "time", "x", "y")
+    assert idata.observed_data["y"].dims == ("obs_id",)
+    np.testing.assert_allclose(idata.observed_data["obs_y"].values, [0.2, 0.5, 0.1])
+    assert idata.observed_data["y"].attrs["units"] == "1/s"
+    path = save_posterior(idata, tmp_path / "p.nc")
+    back = load_posterior(path)
+    np.testing.assert_allclose(back.posterior_predictive["y"].values, 0.0)
