@@ -33,10 +33,7 @@ from sdift_prob.data.fields import assign_split, load_fields, save_fields
 from sdift_prob.data.observations import ObservationSet
 from sdift_prob.errors import SdiftError
 from sdift_prob.ftm import save_run
-from sdift_prob.gp import TemporalKernel
-from sdift_prob.gpsd import GPSDPrior, save_prior
-from sdift_prob.gpsd.edm import EDMConfig
-from sdift_prob.gpsd.unet import TemporalUNet
+from sdift_prob.gpsd import save_prior
 from sdift_prob.run import MANIFEST, manifest_digest
 from sdift_prob.streaming import TrajectoryReader, open_fields_lazy
 
@@ -65,8 +62,7 @@ def artefacts(tmp_path_factory, short_probe_timeout):
     obs = rh.simple_obs(ds, trajectory=5)
     obs.save(root / "obs.nc")
     fit, _ = rh.tiny_fit(ds.isel(trajectory=slice(0, 5)))
-    net = TemporalUNet((2, 2), key=jax.random.key(1), **rh.PRIOR_CONFIG.net_kwargs())  # untrained is enough
-    prior = GPSDPrior(net, EDMConfig(), TemporalKernel("rbf", 0.1, 1.0), 0.0, 1.0)
+    prior = rh.untrained_prior(fit)  # untrained is enough
     save_run(root / "run", fit)
     save_prior(root / "run", prior)
     idata = reconstruct(Run(ftm=fit, prior=None), obs, key=jax.random.key(2), sampler="gp", draws=2)
@@ -133,7 +129,7 @@ def test_field_file_mutations(artefacts, tmp_path):
     def same(ds):
         return ds["field"].equals(pristine["field"])
 
-    run_fuzz("fields", artefacts / "fields.nc", tmp_path, 50, 1, load_fields, same)
+    run_fuzz("fields", artefacts / "fields.nc", tmp_path, 40, 1, load_fields, same)
 
     def lazy_load(path):
         with open_fields_lazy(path) as ds:
@@ -161,7 +157,7 @@ def test_posterior_file_mutations(artefacts, tmp_path):
         return sorted(idata.groups()) == sorted(pristine.groups()) and all(
             idata[g].equals(pristine[g]) for g in pristine.groups())
 
-    run_fuzz("posterior", artefacts / "posterior.nc", tmp_path, 30, 4, load_posterior, same)
+    run_fuzz("posterior", artefacts / "posterior.nc", tmp_path, 25, 4, load_posterior, same)
 
 
 # -- run directories ---------------------------------------------------------------------------

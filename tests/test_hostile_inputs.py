@@ -199,7 +199,6 @@ MPDPS_CASES = {
                                                                                 [1.5, -0.5]]), "ok"),
     "near_duplicate_times": (_obs([10, 11, 10.5], [0.25, 0.25 + 1e-7, 1.0], [[1, 0], [1, 0.1], [0.2, 0.2]]), "ok"),
     "far_future_time": (_obs([10, 11], [0.5, 1e6], [[1, 0], [0.5, 0.5]]), "ok"),
-    "empty": (_obs([], [], np.zeros((0, 2))), "ok"),
     "units_mistake_values": (_obs([10, 1e30], [0.0, 0.5], [[1, 0], [0.5, 0.5]]), "InputError"),
     "tiny_noise": (_obs([10, 11], [0.0, 0.5], [[1, 0], [0.5, 0.5]], noise=1e-30), "InputError"),
     "off_domain": (_obs([10], [0.5], [[50.0, 0.0]]), "InputError"),
@@ -208,16 +207,7 @@ MPDPS_CASES = {
 
 @pytest.fixture(scope="module")
 def mpdps_run(pipeline):
-    from sdift_prob.gp import TemporalKernel
-    from sdift_prob.gpsd import GPSDPrior
-    from sdift_prob.gpsd.edm import EDMConfig
-    from sdift_prob.gpsd.unet import TemporalUNet
-
-    # an untrained network is a valid (if uninformed) prior, and saves compiling a training step
-    net = TemporalUNet((2, 2), key=jax.random.key(1), **rh.PRIOR_CONFIG.net_kwargs())
-    cores = np.asarray(pipeline["fit"].cores)
-    prior = GPSDPrior(net, EDMConfig(), TemporalKernel("rbf", 0.1, 1.0), float(cores.mean()), float(cores.std() / 0.5))
-    return Run(ftm=pipeline["fit"], prior=prior)
+    return Run(ftm=pipeline["fit"], prior=rh.untrained_prior(pipeline["fit"]))
 
 
 @pytest.mark.parametrize("name", list(MPDPS_CASES))

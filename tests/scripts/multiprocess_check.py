@@ -1,6 +1,6 @@
 """One of two processes joined by `jax.distributed.initialize` on this machine (one CPU device
-each; see tests/test_multidevice.py): draws sharded across the processes and a data-parallel FTM
-fit, saved for comparison with a single process.
+each; see tests/test_multidevice.py): draws sharded across the processes, saved for comparison
+with a single process.
 
 Usage: python tests/scripts/multiprocess_check.py PORT PROCESS_ID OUT.npz
 """
@@ -43,8 +43,5 @@ if __name__ == "__main__":
     port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     init_distributed(f"localhost:{port}", 2, pid)
     assert len(jax.devices()) == 2 and len(jax.local_devices()) == 1
-    import reliability_helpers as rh
-
-    fit, rep = rh.tiny_fit(rh.collection())
-    np.savez(out, draws=linear_draws(), cores=np.asarray(fit.cores), devices=rep["devices"])
+    np.savez(out, draws=linear_draws(), devices=len(jax.devices()))
     jax.distributed.shutdown()
