@@ -142,3 +142,15 @@ def test_calibrate_reconstruction_reaches_nominal_held_out_coverage(pipeline):
     for level, after in zip(res.levels, res.coverage_after):
         assert after >= level - 1e-9
     assert res.held_out.sum() == round(0.2 * pipeline["obs"].n_points)
+
+
+def test_fitted_message_kernel(pipeline):
+    run = open_run(pipeline["run_dir"])
+    kernel = run.fitted_message_kernel
+    assert kernel.name == "matern12" and np.isfinite(float(kernel.lengthscale)) and float(kernel.lengthscale) > 0
+    idata = reconstruct(run, pipeline["obs"], key=jax.random.key(3), draws=2, sigma=0.5, message_kernel="fitted")
+    settings = json.loads(idata.posterior.attrs["settings"])  # JSON-encoded for netCDF
+    assert settings["guided"]["message_kernel"]["name"] == "matern12"
+    assert np.isfinite(idata.posterior["field"].values).all()
+    with pytest.raises(InputError, match="message_kernel"):
+        reconstruct(run, pipeline["obs"], key=jax.random.key(3), draws=2, sigma=0.5, message_kernel="learned")

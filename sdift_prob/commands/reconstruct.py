@@ -48,6 +48,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 20)")
     p.add_argument("--zeta", type=float, default=None, help="guidance strength (default 1: conjugate update)")
     p.add_argument("--lam", type=float, default=None, help="MPDPS message weight (default 0.4)")
+    p.add_argument("--message-kernel", choices=("reference", "fitted"), default="reference",
+                   help="MPDPS message kernel: the public code's exp(-dt^2), or a Matern-1/2 fitted to the "
+                        "training cores (better when frames decorrelate between time stamps)")
     p.add_argument("--out", required=True, metavar="POSTERIOR.nc")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     idata = reconstruct(
         run_, obs, key=jax.random.key(args.seed), sampler=args.sampler, draws=args.draws, chains=args.chains,
         times=parse_float_list(args.times, "--times"), resolution=args.resolution, likelihood=args.likelihood,
-        sigma=sigma, config=config, progress=True,
+        sigma=sigma, config=config, progress=True, message_kernel=args.message_kernel,
     )
     save_posterior(idata, out, overwrite=args.overwrite)
     print(f"wrote {out} ({args.sampler}, {args.chains} x {args.draws} draws, "
