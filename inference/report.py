@@ -56,12 +56,15 @@ __all__ = [
     "crps",
     "evaluate",
     "load_posterior",
+    "loo",
+    "loo_pit",
     "observation_order",
     "pit",
     "pointwise_log_likelihood",
     "posterior_attrs",
     "posterior_mean",
     "posterior_predictive",
+    "psis_log_weights",
     "save_posterior",
     "to_inference_data",
     "vrmse_of_mean",
@@ -632,6 +635,8 @@ def load_posterior(path: str | os.PathLike) -> az.InferenceData:
 
 
 # -- evaluation against a truth field -----------------------------------------------------------
+# `truth` may hold NaN (land masks, gaps, e.g. a field read with `sdift_prob.data.from_xarray`):
+# those entries are left out of every score (`sdift_prob.metrics`), and `pit` is NaN there.
 def _field(idata: Any) -> xr.DataArray:
     _check_idata(idata)
     if "field" not in idata.posterior:
@@ -657,9 +662,15 @@ def _truth_array(field: xr.DataArray, truth: Any) -> np.ndarray:
         arr = _numeric(truth, "truth")
     if arr.shape != shape:
         raise bad_input("truth", f"shape {shape} = (time, *space) of the posterior field", f"shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise bad_input("truth", "finite values", "NaN or infinite entries")
-    return arr.astype(np.float64)
+    arr = arr.astype(np.float64)
+    # NaN = missing truth (land, gaps): sdift_prob.metrics leaves those entries out of every
+    # score. Infinities are errors.
+    if np.isinf(arr).any():
+        raise bad_input("truth", "finite values or NaN (missing entries)",
+                        f"{int(np.isinf(arr).sum())} infinite entries of {arr.size}")
+    if arr.size and np.isnan(arr).all():
+        raise bad_input("truth", "at least one entry that is not missing (NaN)", f"all {arr.size} entries NaN")
+    return arr
 
 
 def _draws(field: xr.DataArray) -> np.ndarray:
@@ -710,7 +721,8 @@ def pit(
 ) -> xr.DataArray:
     """Randomised PIT of each truth entry among the posterior draws (`metrics.pit_values`).
 
-    **Returns:** `(time, *space)` DataArray of values in [0, 1] with the field's coords.
+    **Returns:** `(time, *space)` DataArray of values in [0, 1] with the field's coords (NaN
+    where the truth is NaN).
     """
     field = _field(idata)
     values = pit_values(_truth_array(field, truth), _draws(field), key=key)
@@ -723,7 +735,8 @@ def evaluate(idata: az.InferenceData, truth: xr.DataArray | Float[ArrayLike, "T 
 
     **Returns:** `{"vrmse", "rmse"}` of the posterior mean, `{"coverage_50", "coverage_90"}` of
     the central intervals (draw-count-aware predictive intervals, `metrics.interval_bounds`),
-    `"crps"` of the ensemble (fair estimator); all floats, physical units.
+    `"crps"` of the ensemble (fair estimator); all floats, physical units. NaN entries of
+    `truth` (missing: land, gaps) are left out of every score.
     """
     field = _field(idata)
     u = _truth_array(field, truth)
@@ -737,3 +750,58 @@ def evaluate(idata: az.InferenceData, truth: xr.DataArray | Float[ArrayLike, "T 
         "coverage_90": float(cov[0.9]),
         "crps": float(crps_ensemble(u, draws, fair=True)),
     }
+
+
+# -- PSIS-LOO and LOO-PIT with independent draws -------------------------------------------------
+# The guided sampler's draws are independent runs (no Markov chain): their relative efficiency is
+# 1. ArviZ otherwise estimates it from the effective sample size of every posterior variable (the
+# whole field included) whenever there is more than one chain, which takes tens of seconds and
+# adds nothing here.
+def _log_likelihood(idata: Any, var_name: str) -> xr.DataArray:
+    _check_idata(idata)
+    if not isinstance(var_name, str):
+        raise bad_input("var_name", "the name of an observed variable (str)", var_name)
+    for group in ("log_likelihood", "observed_data", "posterior_predictive"):
+        if group not in idata.groups() or var_name not in idata[group]:
+            raise bad_input("idata", f"a posterior with observations: group {group!r} holding {var_name!r} "
+                            "(reconstructions from zero observations have none)", list(idata.groups()))
+    ll = idata.log_likelihood[var_name]
+    if not np.isfinite(ll.values).all():
+        raise bad_input("idata", f"finite log_likelihood.{var_name}", "NaN or infinite entries")
+    return ll
+
+
+def loo(idata: az.InferenceData, *, var_name: str = "y", pointwise: bool = True,
+        scale: str | None = None) -> Any:
+    """PSIS-LOO of the observations (`az.loo` with `reff=1`: the draws are independent).
+
+    **Arguments:** `idata` from `to_inference_data` / `reconstruct` (with observations);
+    `var_name` the observed variable; `pointwise` keep `loo_i` and `pareto_k` per observation;
+    `scale` as `az.loo` (default "log").
+
+    **Returns:** ArviZ's `ELPDData` (`elpd_loo`, `se`, `p_loo`, `pareto_k`, ...); a dict of them
+    goes into `az.compare` as it is.
+    """
+    _log_likelihood(idata, var_name)
+    return az.loo(idata, pointwise=pointwise, var_name=var_name, reff=1.0, scale=scale)
+
+
+def psis_log_weights(idata: az.InferenceData, *, var_name: str = "y") -> tuple[xr.DataArray, xr.DataArray]:
+    """Pareto-smoothed leave-one-out importance log weights of the draws (`az.psislw`, `reff=1`).
+
+    **Returns:** `(log_weights, pareto_k)`: `log_weights (obs_id, __sample__)` normalised per
+    observation, the draws stacked as `(chain, draw)` like ArviZ's `__sample__` dim (pass it as
+    `log_weights=` to `az.loo_pit` / `az.plot_loo_pit`); `pareto_k (obs_id)` (> 0.7: unreliable).
+    """
+    ll = _log_likelihood(idata, var_name).stack(__sample__=("chain", "draw"))
+    log_weights, pareto_k = az.psislw(-ll, reff=1.0)
+    return log_weights.transpose(..., "__sample__"), pareto_k
+
+
+def loo_pit(idata: az.InferenceData, *, var_name: str = "y") -> xr.DataArray:
+    """LOO-PIT of each observation: `az.loo_pit` with the PSIS weights of `psis_log_weights`.
+
+    **Returns:** `(obs_id)` values in [0, 1] (uniform when the predictions are calibrated).
+    """
+    log_weights, _ = psis_log_weights(idata, var_name=var_name)
+    return az.loo_pit(idata, y=var_name, log_weights=log_weights)

@@ -17,12 +17,15 @@ from inference.report import (
     crps,
     evaluate,
     load_posterior,
+    loo,
+    loo_pit,
     observation_order,
     pit,
     pointwise_log_likelihood,
     posterior_attrs,
     posterior_mean,
     posterior_predictive,
+    psis_log_weights,
     save_posterior,
     to_inference_data,
     vrmse_of_mean,
@@ -351,3 +354,112 @@ def test_space_dim_named_y_does_not_clash_with_the_observed_variable(tmp_path):
     path = save_posterior(idata, tmp_path / "p.nc")
     back = load_posterior(path)
     np.testing.assert_allclose(back.posterior_predictive["y"].values, 0.0)
+
+
+def test_nan_truth_entries_are_left_out_of_every_score(tiny):
+    """Land masks / gaps: NaN truth entries pass through to sdift_prob.metrics, which masks them."""
+    idata, truth = tiny
+    field = idata.posterior["field"]
+    # Add a third space point whose truth is missing; the scores must equal those of the
+    # two-point posterior (the extra draws there are arbitrary, even huge).
+    extra = np.full(field.shape[:-1] + (1,), 1e6)
+    wide = to_inference_data(
+        core_draws=np.zeros((2, 2, 1, 1, 1)), field_draws=np.concatenate([field.values, extra], axis=-1),
+        field_times=[5.0], field_coords={"lat": [0.0], "lon": [0.0, 1.0, 2.0]}, space_dims=SPACE,
+        obs=idata_obs(idata), y_rep=idata.posterior_predictive["y"].values, log_lik=idata.log_likelihood["y"].values,
+    )
+    masked = np.concatenate([truth, np.full((1, 1, 1), np.nan)], axis=-1)
+    expected = evaluate(idata, truth)
+    got = evaluate(wide, masked)
+    assert set(got) == set(expected)
+    for name in expected:
+        assert got[name] == pytest.approx(expected[name], rel=1e-12), name
+    assert vrmse_of_mean(wide, masked) == pytest.approx(expected["vrmse"], rel=1e-12)
+    assert crps(wide, masked) == pytest.approx(expected["crps"], rel=1e-12)
+    assert coverage(wide, masked) == coverage(idata, truth)
+    p = pit(wide, masked, key=jax.random.key(0))
+    assert np.isnan(float(p[0, 0, 2])) and np.isfinite(p.values[..., :2]).all()
+    # A DataArray truth with NaN works the same way.
+    as_da = xr.DataArray(masked, dims=("time", "lat", "lon"), coords={"time": [5.0], "lat": [0.0],
+                                                                      "lon": [0.0, 1.0, 2.0]})
+    assert evaluate(wide, as_da) == got
+    # Infinities and an all-missing truth are still errors naming the argument.
+    with pytest.raises(InputError, match="truth.*infinite"):
+        evaluate(wide, np.where(np.isnan(masked), np.inf, masked))
+    with pytest.raises(InputError, match="truth.*NaN"):
+        evaluate(wide, np.full_like(masked, np.nan))
+
+
+def idata_obs(idata) -> ObservationSet:
+    """The ObservationSet an InferenceData was built from (observed_data y and obs_* coords)."""
+    od = idata.observed_data
+    return ObservationSet(value=od["y"].values, time=od["obs_time"].values,
+                          coords=np.stack([od[f"obs_{d}"].values for d in SPACE], axis=-1), space_dims=SPACE)
+
+
+# -- PSIS-LOO / LOO-PIT with independent draws ------------------------------------------------------
+def _loo_idata(chains: int, draws: int, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    n = 12
+    obs = ObservationSet(value=rng.normal(size=n), time=np.repeat([0.0, 1.0], n // 2), coords=rng.uniform(size=(n, 2)),
+                         space_dims=SPACE)
+    mu = rng.normal(scale=0.3, size=(chains, draws, 1))
+    y_rep = mu + rng.normal(size=(chains, draws, n))
+    log_lik = stats.norm.logpdf(obs.value, loc=mu, scale=1.0)
+    return to_inference_data(
+        core_draws=rng.normal(size=(chains, draws, 2, *RANKS)), field_draws=rng.normal(size=(chains, draws, 2, 3, 4)),
+        field_times=[0.0, 1.0], field_coords={"lat": np.arange(3.0), "lon": np.arange(4.0)}, space_dims=SPACE,
+        obs=obs, y_rep=y_rep, log_lik=log_lik,
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto:UserWarning")
+@pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")  # inside az.compare
+def test_loo_and_loo_pit_agree_with_arviz_given_reff_1(monkeypatch):
+    import arviz.stats.stats as az_stats
+
+    multi = _loo_idata(chains=4, draws=10)
+    # The same draws as one chain: ArviZ then takes reff = 1 by itself.
+    single = multi.map(lambda ds: ds.stack(s=("chain", "draw")).drop_vars(["s", "chain", "draw"])
+                       .rename(s="draw").expand_dims(chain=[0]).transpose("chain", "draw", ...),
+                       groups=["posterior", "posterior_predictive", "log_likelihood"])
+    expected_loo = az.loo(multi, pointwise=True, reff=1.0)
+    expected_pit = az.loo_pit(single, y="y")
+
+    def no_ess(*args, **kwargs):
+        raise AssertionError("the effective sample size must not be estimated (reff = 1)")
+
+    monkeypatch.setattr(az_stats, "ess", no_ess)  # fast: ArviZ's reff estimate is never reached
+    got = loo(multi)
+    assert got.elpd_loo == pytest.approx(expected_loo.elpd_loo, rel=1e-12)
+    assert got.p_loo == pytest.approx(expected_loo.p_loo, rel=1e-12)
+    np.testing.assert_allclose(got.pareto_k.values, expected_loo.pareto_k.values)
+    np.testing.assert_allclose(got.loo_i.values, expected_loo.loo_i.values)
+    assert loo(single).elpd_loo == pytest.approx(az.loo(single).elpd_loo, rel=1e-12)
+
+    pit_values_ = loo_pit(multi)
+    assert pit_values_.dims == ("obs_id",)
+    np.testing.assert_allclose(pit_values_.values, np.asarray(expected_pit), rtol=1e-12)
+    assert ((pit_values_ >= 0) & (pit_values_ <= 1)).all()
+    log_weights, pareto_k = psis_log_weights(multi)
+    assert log_weights.dims == ("obs_id", "__sample__") and log_weights.shape == (12, 40)
+    np.testing.assert_allclose(np.exp(log_weights).sum("__sample__"), 1.0, rtol=1e-10)
+    np.testing.assert_allclose(pareto_k.values, expected_loo.pareto_k.values)
+    compared = az.compare({"a": got, "b": loo(single)})  # ELPDData go straight into az.compare
+    assert set(compared.index) == {"a", "b"}
+
+
+def test_loo_rejects_posteriors_without_observations(idata):
+    empty_obs = ObservationSet(value=np.zeros(0), time=np.zeros(0), coords=np.zeros((0, 2)), space_dims=SPACE)
+    prior = to_inference_data(
+        core_draws=np.zeros((1, 2, 1, 1, 1)), field_draws=np.zeros((1, 2, 1, 1, 2)), field_times=[0.0],
+        field_coords={"lat": [0.0], "lon": [0.0, 1.0]}, space_dims=SPACE, obs=empty_obs,
+        y_rep=np.zeros((1, 2, 0)), log_lik=np.zeros((1, 2, 0)),
+    )
+    for fn in (loo, loo_pit, psis_log_weights):
+        with pytest.raises(InputError, match="idata.*observations"):
+            fn(prior)
+        with pytest.raises(InputError, match="idata"):
+            fn(az.from_dict(posterior={"a": np.zeros((1, 4))}))
+    with pytest.raises(InputError, match="var_name"):
+        loo(idata, var_name=3)
