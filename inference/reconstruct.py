@@ -32,6 +32,7 @@ from . import report
 from .guided import GuidedConfig, sample_posterior, union_times
 
 SAMPLERS = ("mpdps", "dps", "gp")
+MAX_NORMALISED_VALUE = 1e4  # |y - mean| / std beyond which observations cannot be of this field
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -266,6 +267,14 @@ def reconstruct(
         noise_scale=np.where(mask, np.asarray(padded_phys.noise_scale) / normalizer.std, 1.0),
         mask=mask,
     )
+    # One range check for every sampler, before any work: values that far from the training data
+    # are a units mistake, and would overflow float32 inside the samplers.
+    far = np.abs(np.asarray(padded.values))[mask]
+    if far.size and far.max() > MAX_NORMALISED_VALUE:
+        raise bad_input("obs.value", f"values within {MAX_NORMALISED_VALUE:g} training standard deviations "
+                        f"({normalizer.std:.4g}) of the training mean ({normalizer.mean:.4g}); check the units",
+                        f"{int((far > MAX_NORMALISED_VALUE).sum())} values beyond, e.g. "
+                        f"{float(np.asarray(obs.value)[np.argmax(np.abs(obs.value - normalizer.mean))]):.4g}")
     design = np.asarray(design_rows(ftm.model, coords.reshape(-1, coords.shape[-1]))).reshape(M, P, -1)
 
     like_params: dict[str, float] = {}

@@ -154,3 +154,13 @@ def test_fitted_message_kernel(pipeline):
     assert np.isfinite(idata.posterior["field"].values).all()
     with pytest.raises(InputError, match="message_kernel"):
         reconstruct(run, pipeline["obs"], key=jax.random.key(3), draws=2, sigma=0.5, message_kernel="learned")
+
+
+@pytest.mark.parametrize("sampler", ["gp", "mpdps"])
+def test_values_far_outside_the_training_range_are_refused_before_sampling(pipeline, sampler):
+    obs = pipeline["obs"]
+    wild = ObservationSet(value=np.where(np.arange(obs.n_points) == 0, -1e300, obs.value), time=obs.time,
+                          coords=obs.coords, space_dims=obs.space_dims, noise_scale=obs.noise_scale,
+                          noise_model=obs.noise_model)
+    with pytest.raises(InputError, match="obs.value.*units"):
+        reconstruct(open_run(pipeline["run_dir"]), wild, key=jax.random.key(0), sampler=sampler, draws=2, sigma=0.5)
