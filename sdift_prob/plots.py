@@ -8,7 +8,7 @@ Axis labels carry the physical units from the coordinates' `units` attrs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,37 @@ def field_panels(
     return fig
 
 
+def _cell(grid: np.ndarray, value: float) -> tuple[float, float, float]:
+    """The grid node nearest `value` and the bounds of its cell (halfway to each neighbour;
+    half the adjacent spacing beyond an end node; unbounded for a one-node grid)."""
+    order = np.sort(np.asarray(grid, dtype=np.float64))
+    i = int(np.argmin(np.abs(order - value)))
+    node = float(order[i])
+    if order.size == 1:
+        return node, -np.inf, np.inf
+    below = 0.5 * (order[i] - order[i - 1]) if i > 0 else 0.5 * (order[1] - order[0])
+    above = 0.5 * (order[i + 1] - order[i]) if i < order.size - 1 else 0.5 * (order[-1] - order[-2])
+    return node, node - below, node + above
+
+
+def _observation_tolerance(tolerance: Any, space: tuple[str, ...]) -> dict[str, float]:
+    if tolerance is None:
+        return {}
+    if not isinstance(tolerance, Mapping):
+        raise bad_input("tolerance", f"None or a dict space dim -> distance in that dim's units (dims {space}; "
+                        "the dims have different units, so one number cannot fit all)", tolerance)
+    unknown = sorted(set(tolerance) - set(space), key=str)
+    if unknown:
+        raise bad_input("tolerance", f"keys among the space dims {space}", unknown)
+    out: dict[str, float] = {}
+    for d, tol in tolerance.items():
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(tol) or tol < 0:
+            raise bad_input(f"tolerance[{d!r}]", "a finite distance >= 0", tol)
+        out[d] = float(tol)
+    return out
+
+
 def time_series(
     field: xr.DataArray,
     location: dict[str, float],
@@ -109,16 +140,33 @@ def time_series(
     obs: Any = None,
     *,
     levels: Sequence[float] = (0.5, 0.9),
-    tolerance: float | None = None,
+    tolerance: Mapping[str, float] | None = None,
 ) -> Any:
     """Posterior mean and central credible bands over time at one location, with the truth
-    and the observations within `tolerance` (default: half a grid spacing per dim)."""
+    and the observations near it.
+
+    **Arguments:**
+
+    - `field`: posterior field `(chain, draw, time, *space)`; the series is taken at the grid
+      node nearest `location` (shown in the title).
+    - `location`: a coordinate for each space dim.
+    - `truth`: true field `(time, *space)` or None; `obs`: an `ObservationSet` or None.
+    - `levels`: central credible levels of the bands.
+    - `tolerance`: which observations are shown, per space dim. By default an observation is
+      shown when, in every dim, the node's grid cell holds it (it lies within half the local
+      grid spacing on each side, so on an uneven depth grid only the observations of that
+      depth level); `{dim: distance}` instead accepts observations within that distance of the
+      node in that dim (in the dim's units; dims left out keep the grid cell).
+    """
     plt = _plt()
     field = _check_posterior(field)
     space = field.dims[3:]
-    if set(location) != set(space):
+    if not isinstance(location, Mapping) or set(location) != set(space):
         raise bad_input("location", f"a coordinate for each of {space}", location)
-    at = field.sel(location, method="nearest")
+    tol = _observation_tolerance(tolerance, space)
+    cells = {d: _cell(field[d].values, float(location[d])) for d in space}
+    nodes = {d: cells[d][0] for d in space}
+    at = field.sel(nodes, method="nearest")
     flat = at.stack(sample=("chain", "draw")).transpose("sample", "time").values
     t = field.time.values
     fig, ax = plt.subplots(figsize=(7, 3.6), constrained_layout=True)
@@ -127,18 +175,20 @@ def time_series(
         ax.fill_between(t, lo, hi, alpha=alpha, color="C0", label=f"{int(lev * 100)}% credible band")
     ax.plot(t, flat.mean(axis=0), color="C0", label="posterior mean")
     if truth is not None:
-        ax.plot(t, truth.sel(location, method="nearest").values, "k--", label="truth")
+        ax.plot(t, truth.sel(nodes, method="nearest").values, "k--", label="truth")
     if obs is not None and obs.n_points:
+        if tuple(obs.space_dims) != tuple(space):
+            raise bad_input("obs", f"observations over the space dims {space}", obs.space_dims)
         near = np.ones(obs.n_points, bool)
         for k, d in enumerate(space):
-            grid = field[d].values
-            tol = tolerance if tolerance is not None else 0.5 * float(np.median(np.diff(grid))) if grid.size > 1 else 0
-            near &= np.abs(obs.coords[:, k] - location[d]) <= tol
+            x = obs.coords[:, k]
+            node, lo, hi = cells[d]
+            near &= (np.abs(x - node) <= tol[d]) if d in tol else ((x >= lo) & (x <= hi))
         if near.any():
             ax.scatter(obs.time[near], obs.value[near], color="C3", zorder=3, s=18, label="observations")
     ax.set_xlabel(_label(field, "time"))
     ax.set_ylabel(_value_label(field))
-    ax.set_title(", ".join(f"{k} = {v:g}" for k, v in location.items()))
+    ax.set_title(", ".join(f"{k} = {v:g}" for k, v in nodes.items()))
     ax.legend(fontsize=8)
     return fig
 
