@@ -355,6 +355,34 @@ def test_save_load_gives_identical_outputs(tmp_path, tucker_ds, tucker_fit):
     assert load_run(run_dir).normalizer == fit.normalizer
 
 
+def test_run_records_the_data_units_without_extra(tmp_path, tucker_ds, tucker_fit):
+    """fit_ftm carries the field collection's units and names; save_run stores them where
+    open_run reads its provenance (sections.ftm.info.extra), and reconstruct labels with them."""
+    from inference.reconstruct import open_run
+
+    fit, _ = tucker_fit
+    expected = {"units": "K", "long_name": "tucker field", "coord_units": {"time": "s", "x": "m", "y": "m"},
+                "simulator": "test-tucker"}
+    assert fit.metadata == expected
+    run_dir = save_run(tmp_path / "run", fit)
+    info = json.loads((run_dir / MANIFEST).read_text())["sections"]["ftm"]["info"]
+    assert info["extra"] == expected
+    assert open_run(run_dir).provenance == expected
+    assert load_run(run_dir).metadata == expected
+    # extra= adds provenance and may replace a recorded key
+    run_dir = save_run(tmp_path / "run2", fit, extra={"seed": 4, "units": "degC"})
+    assert open_run(run_dir).provenance == {**expected, "seed": 4, "units": "degC"}
+    # a run saved again from a loaded one keeps them; data without units records ""
+    assert open_run(save_run(tmp_path / "run3", load_run(tmp_path / "run"))).provenance == expected
+    bare = tucker_ds.copy(deep=True)
+    bare["field"].attrs.pop("units")
+    bare["x"].attrs.pop("units")
+    from sdift_prob.data.fields import field_metadata
+
+    meta = field_metadata(bare)
+    assert meta["coord_units"]["x"] == "" and meta["coord_units"]["y"] == "m"
+
+
 def test_load_run_refuses_tampered_or_incompatible_bundles(tmp_path, tucker_fit):
     fit, _ = tucker_fit
     run_dir = save_run(tmp_path / "run", fit)
@@ -390,6 +418,9 @@ def test_fit_ftm_command(tmp_path, tucker_ds):
     loaded = load_run(out)
     train_ids = ds["trajectory"].values[ds["split"].values == "train"]
     np.testing.assert_array_equal(loaded.trajectory_ids, train_ids)
+    extra = json.loads((out / MANIFEST).read_text())["sections"]["ftm"]["info"]["extra"]
+    assert extra["units"] == "K" and extra["coord_units"] == {"time": "s", "x": "m", "y": "m"}
+    assert extra["seed"] == 3 and extra["data"] == str(data) and "fit" in extra
     args = parser.parse_args(["fit-ftm", str(data), "--ranks", "3", "--out", str(tmp_path / "r2"), "--epochs", "1",
                               "--no-progress"])
     with pytest.raises(InputError, match="--ranks"):

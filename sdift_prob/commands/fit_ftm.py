@@ -150,12 +150,8 @@ def _fit_and_save(args: argparse.Namespace, ds: xr.Dataset, out: Path) -> int:
         "full_vrmse": round(report["full_vrmse"], 5),
         "wall_time_s": round(report["wall_time_s"], 1),
     }
-    provenance = {
-        "data": str(args.data), "train": args.train, "seed": args.seed, "fit": summary,
-        "units": str(ds["field"].attrs.get("units", "")), "long_name": str(ds["field"].attrs.get("long_name", "")),
-        "simulator": str(ds.attrs.get("simulator", "")),
-        "coord_units": {d: str(ds[d].attrs.get("units", "")) for d in ("time", *space_dims(ds))},
-    }
+    # units, long_name, coord_units and simulator come with the fit (FTMFit.metadata)
+    provenance = {"data": str(args.data), "train": args.train, "seed": args.seed, "fit": summary}
     summary["resumed_from"] = report["resumed_from"]
     summary["devices"] = report["devices"]
     save_run(args.out, fit, overwrite=args.overwrite, extra=provenance)

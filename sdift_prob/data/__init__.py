@@ -7,6 +7,7 @@ The simulators live in `sdift_prob.data.simulate` and are imported from there on
 
 from .fields import Normalizer as Normalizer
 from .fields import assign_split as assign_split
+from .fields import field_metadata as field_metadata
 from .fields import load_fields as load_fields
 from .fields import make_field_dataset as make_field_dataset
 from .fields import save_fields as save_fields

@@ -243,6 +243,24 @@ def space_dims(ds: xr.Dataset) -> tuple[str, ...]:
     return tuple(str(d) for d in ds["field"].dims[2:])
 
 
+def field_metadata(ds: xr.Dataset) -> dict[str, Any]:
+    """What a run records about its data: `units` and `long_name` of the field, `coord_units`
+    (time and each space dim; "" where the coordinate has none) and the `simulator` ("" for data
+    that was not simulated) — from the field collection's attrs.
+
+    `save_run` stores them in the run's provenance (`Run.provenance`), where `reconstruct` reads
+    the units it puts on the posterior.
+    """
+    dims = space_dims(ds)
+    field = ds["field"]
+    return {
+        "units": str(field.attrs.get("units", ds.attrs.get("units", ""))),
+        "long_name": str(field.attrs.get("long_name", ds.attrs.get("long_name", ""))),
+        "coord_units": {d: str(ds[d].attrs.get("units", "")) if d in ds.coords else "" for d in ("time", *dims)},
+        "simulator": str(ds.attrs.get("simulator", "")),
+    }
+
+
 def validate_field_dataset(ds: xr.Dataset, *, require_split: bool = True, allow_missing: bool = False) -> xr.Dataset:
     """Check that `ds` is a well-formed field collection; return it unchanged.
 

@@ -28,6 +28,7 @@ from .tucker import FunctionalTucker
 FTM_SECTION = "ftm"
 FTM_FORMAT_VERSION = 1
 MODEL_FILE = "ftm.eqx"
+_METADATA_KEYS = ("units", "long_name", "coord_units", "simulator")  # FTMFit.metadata in "extra"
 CORES_FILE = "cores.npz"
 
 
@@ -58,7 +59,9 @@ def save_run(
     - `overwrite`: replace an existing run directory (and everything in it, e.g. a prior
       trained on the old cores).
     - `extra`: optional JSON-serialisable provenance (seed, data file, fit summary) stored
-      in the section info under `"extra"`.
+      in the section info under `"extra"`, over the data's `units`, `long_name`,
+      `coord_units` and `simulator` that `fit.metadata` carries from the field collection
+      (a key of `extra` replaces the recorded one).
 
     **Returns:** the run directory's path.
     """
@@ -99,7 +102,7 @@ def save_run(
         "n_trajectories": int(cores.shape[0]),
         "n_times": int(cores.shape[1]),
         "cores_shape": list(cores.shape),
-        "extra": {} if extra is None else extra,
+        "extra": {**fit.metadata, **({} if extra is None else extra)},
     }
     # the whole run is built aside and renamed into place, so a failed save changes nothing
     with new_run(target, overwrite=overwrite) as tmp:
@@ -143,6 +146,9 @@ def load_run(run_dir: str | os.PathLike) -> FTMFit:
             )
         skeleton = _model_skeleton(info, config)
         t0, t1 = (float(v) for v in info["time_domain"])
+        extra = info.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise TypeError(f"'extra' is a {type(extra).__name__}, not a dict")
     except (KeyError, TypeError, ValueError, InputError) as exc:
         raise FormatError(f"{root / 'manifest.json'}: the 'ftm' section is incomplete or invalid ({exc})") from exc
     try:
@@ -172,4 +178,5 @@ def load_run(run_dir: str | os.PathLike) -> FTMFit:
         trajectory_ids=ids,
         config=config,
         grids=grids,
+        metadata={k: extra[k] for k in _METADATA_KEYS if k in extra},
     )

@@ -34,7 +34,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
-from ..data.fields import Normalizer, space_dims, validate_field_dataset
+from ..data.fields import Normalizer, field_metadata, space_dims, validate_field_dataset
 from ..errors import NumericalError, TrainingInterrupted, bad_input
 from .tucker import FunctionalTucker, _decode_grid, check_ranks, decode_grid
 
@@ -156,6 +156,8 @@ class FTMFit:
     - `trajectory_ids`: `(B,)` the `trajectory` coordinate of the fitted trajectories.
     - `config`: the `FTMConfig` used (with `ranks` set).
     - `grids`: K arrays, the physical coordinates of the training grid per space dim.
+    - `metadata`: units and names of the data (`sdift_prob.data.fields.field_metadata`),
+      recorded by `save_run` in the run's provenance.
     """
 
     model: FunctionalTucker
@@ -166,6 +168,7 @@ class FTMFit:
     trajectory_ids: np.ndarray
     config: FTMConfig
     grids: tuple[np.ndarray, ...]
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def normalised_times(self) -> np.ndarray:
         """`(T,)` training time stamps mapped to `[0, 1]`."""
@@ -741,6 +744,7 @@ def fit_ftm(
         trajectory_ids=ids,
         config=config,
         grids=grids,
+        metadata=field_metadata(fields),
     )
     run_epochs = epoch - first_epoch + 1
     steady = max(loop_time - compile_time, 1e-9)
