@@ -29,6 +29,19 @@ def bad_input(argument: str, expected: str, got: Any) -> InputError:
     return InputError(f"{argument}: expected {expected}, got {shown}")
 
 
+def as_float64(x: Any, argument: str) -> Any:
+    """`x` as a float64 NumPy array, or an `InputError` naming `argument` when it is not numeric."""
+    import numpy as np
+
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # noqa: BLE001 - anything that is not array-like
+        raise bad_input(argument, "an array of numbers", type(x).__name__) from exc
+    if arr.dtype.kind not in "iuf":
+        raise bad_input(argument, "a numeric array", f"dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
 class TrainingInterrupted(SdiftError):
     """Training stopped on SIGINT/SIGTERM; `step` steps (or epochs) are done and saved in
     `checkpoint` (None when no checkpoint folder was given)."""

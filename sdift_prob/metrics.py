@@ -19,17 +19,11 @@ import jax
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .errors import bad_input
+from .errors import as_float64, bad_input
 
 
 def _array(x: Any, argument: str) -> np.ndarray:
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # noqa: BLE001
-        raise bad_input(argument, "an array of numbers", type(x).__name__) from exc
-    if arr.dtype.kind not in "iuf":
-        raise bad_input(argument, "a numeric array", f"dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
+    arr = as_float64(x, argument)
     bad = ~np.isfinite(arr)
     if bad.any():
         raise bad_input(argument, "finite values only", f"{int(bad.sum())} NaN/inf entries of {arr.size}")
@@ -38,29 +32,13 @@ def _array(x: Any, argument: str) -> np.ndarray:
 
 def _truth(x: Any) -> np.ndarray:
     """The truth array: float64, NaN allowed (missing entries), infinities not."""
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # noqa: BLE001
-        raise bad_input("truth", "an array of numbers", type(x).__name__) from exc
-    if arr.dtype.kind not in "iuf":
-        raise bad_input("truth", "a numeric array", f"dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
+    arr = as_float64(x, "truth")
     inf = np.isinf(arr)
     if inf.any():
         raise bad_input("truth", "finite values or NaN (missing)", f"{int(inf.sum())} infinite entries of {arr.size}")
     if arr.size and np.isnan(arr).all():
         raise bad_input("truth", "at least one entry that is not missing (NaN)", f"all {arr.size} entries NaN")
     return arr
-
-
-def _numeric(x: Any, argument: str) -> np.ndarray:
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # noqa: BLE001
-        raise bad_input(argument, "an array of numbers", type(x).__name__) from exc
-    if arr.dtype.kind not in "iuf":
-        raise bad_input(argument, "a numeric array", f"dtype {arr.dtype}")
-    return arr.astype(np.float64)
 
 
 def _finite_where_observed(arr: np.ndarray, argument: str, observed: np.ndarray) -> np.ndarray:
@@ -75,7 +53,7 @@ def _finite_where_observed(arr: np.ndarray, argument: str, observed: np.ndarray)
 
 def _pair(truth: Any, estimate: Any, batched: bool) -> tuple[np.ndarray, np.ndarray]:
     u = _truth(truth)
-    e = _numeric(estimate, "estimate")
+    e = as_float64(estimate, "estimate")
     if u.shape != e.shape:
         raise bad_input("estimate", f"the shape of truth {u.shape}", f"shape {e.shape}")
     e = _finite_where_observed(e, "estimate", ~np.isnan(u))
@@ -160,7 +138,7 @@ def mae(
 
 def _ensemble(truth: Any, draws: Any) -> tuple[np.ndarray, np.ndarray]:
     y = _truth(truth)
-    x = _numeric(draws, "draws")
+    x = as_float64(draws, "draws")
     if x.ndim != y.ndim + 1 or x.shape[1:] != y.shape:
         raise bad_input("draws", f"shape (S, *{y.shape}) — draws first, then the shape of truth",
                         f"shape {x.shape}")

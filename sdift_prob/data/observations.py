@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 from jaxtyping import ArrayLike, Bool, Float
 
-from ..errors import FormatError, InputError, bad_input
+from ..errors import FormatError, InputError, as_float64, bad_input
 from ..io import NETCDF_ENGINE, atomic_file, read_netcdf
 from .fields import _check_key, validate_field_dataset
 
@@ -33,14 +33,7 @@ TIME_RTOL = 1e-9
 _VARIABLES = ("value", "time", "noise_scale")
 
 
-def _as_float64(x: Any, argument: str) -> np.ndarray:
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # noqa: BLE001
-        raise bad_input(argument, "an array of numbers", type(x).__name__) from exc
-    if arr.dtype.kind not in "iuf":
-        raise bad_input(argument, "a numeric array", f"dtype {arr.dtype}")
-    return arr.astype(np.float64)
+_as_float64 = as_float64
 
 
 def _count_nonfinite(arr: np.ndarray, argument: str) -> None:
