@@ -651,6 +651,9 @@ def _truth_array(field: xr.DataArray, truth: Any) -> np.ndarray:
         if set(truth.dims) != set(dims):
             raise bad_input("truth", f"a DataArray with dims {dims}", tuple(truth.dims))
         truth = truth.transpose(*dims)
+        if truth.shape != shape:
+            raise bad_input("truth", f"shape {shape} = {dims} of the posterior field (same grid)",
+                            f"shape {truth.shape}")
         for d in dims:
             if d in truth.coords and not np.allclose(np.asarray(truth.coords[d], dtype=np.float64),
                                                      np.asarray(field.coords[d], dtype=np.float64),

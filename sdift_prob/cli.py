@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from .errors import InputError, SdiftError, TrainingInterrupted, bad_input
 
@@ -22,8 +23,36 @@ COMMANDS = (
 )
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (the sub-commands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _flag_names(subparser: argparse.ArgumentParser, module: Any) -> dict[str, str]:
+    """Library argument name -> the option a user types (see `sdift_prob.commands`)."""
+    names = {}
+    for action in subparser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest not in ("help",):
+            names[action.dest] = longs[0]
+    names.update(getattr(module, "ARGUMENT_NAMES", {}))
+    return names
+
+
+def _message(err: BaseException, names: dict[str, str]) -> str:
+    """The error's message, with a leading library argument name replaced by its option."""
+    text = " ".join(str(err).split("\n"))  # one line, whatever the message
+    if isinstance(err, InputError):
+        head, sep, rest = text.partition(": ")
+        if sep and head in names:
+            text = f"{names[head]}: {rest}"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sdift",
         description=(
             "Full-field evolution of physical fields from sparse, irregular, noisy observations "
@@ -39,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--process-id", type=int, default=None, help="this process's index, 0 .. N-1")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"sdift_prob.commands.{name}").register(sub)
+        module = importlib.import_module(f"sdift_prob.commands.{name}")
+        module.register(sub)
+        subparser = sub.choices[name.replace("_", "-")]
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show the full traceback on errors")
+        subparser.set_defaults(_argument_names=_flag_names(subparser, module))
     return parser
 
 
@@ -79,10 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"sdift {args.command}: {err}", file=sys.stderr)
         return 130
-    except (SdiftError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+    except (SdiftError, OSError) as err:  # OSError: files and folders (missing, not writable, ..)
         if args.debug:
             raise
-        print(f"sdift {args.command}: error: {err}", file=sys.stderr)
+        print(f"sdift {args.command}: error: {_message(err, getattr(args, '_argument_names', {}))}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - a bug or an unforeseen input: still one line without --debug
+        if args.debug:
+            raise
+        print(f"sdift {args.command}: error: {type(err).__name__}: {_message(err, {})} (unexpected; rerun with "
+              "--debug for the traceback, and please report it)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"sdift {args.command}: interrupted", file=sys.stderr)

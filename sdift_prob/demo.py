@@ -9,17 +9,20 @@ from pathlib import Path
 import numpy as np
 
 
-def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, sampler: str = "mpdps") -> int:
+def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, sampler: str = "mpdps",
+             progress: bool = True) -> int:
     """Reconstruct the shipped ocean observation set with the shipped model; write figures.
 
     Prints the VRMSE of the posterior mean (and of the training-mean field for scale), the
-    90% interval coverage, the inferred noise level and the wall time.
+    90% interval coverage, the inferred noise level and the wall time; `progress` shows a bar
+    over the stages (sampling, calibration, baselines, figures) on stderr.
     """
     import jax
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from tqdm.auto import tqdm
 
     from inference.calibrate import apply_temperature
     from inference.reconstruct import calibrate_reconstruction, open_run, reconstruct
@@ -40,11 +43,18 @@ def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, 
     obs = ObservationSet.load(bundle / "obs_rho1pct.nc")
     true_sigma = float(obs.attrs.get("noise_scale", np.nan)) if obs.attrs else np.nan
 
+    stages = tqdm(total=4, desc="sdift demo", unit="stage", disable=not progress,
+                  bar_format="{desc}: {n}/{total} stages |{bar}| {elapsed} {postfix}")
+    stages.set_postfix_str(f"posterior sampling ({sampler}, {draws} draws)")
     idata = reconstruct(run, obs, key=jax.random.key(seed), sampler=sampler, draws=draws, sigma="infer",
-                        progress=True)
+                        progress=progress)
+    stages.update(1)
+    stages.set_postfix_str("calibration on held-out observations")
     # Posterior temperature from held-out observations (20% of the points), at the default ζ.
     cal = calibrate_reconstruction(run, obs, key=jax.random.key(seed + 1), sampler=sampler, draws=draws,
                                    zetas=(1.0,), sigma="infer")
+    stages.update(1)
+    stages.set_postfix_str("baselines (linear interpolation, kriging)")
     raw_field = idata.posterior["field"].copy()
     idata.posterior["field"].values = np.asarray(
         apply_temperature(raw_field.values, cal.temperature, axis=(0, 1)), dtype=raw_field.dtype)
@@ -63,6 +73,8 @@ def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, 
     kriging, _ = fit_kriging(obs, key=jax.random.key(seed + 2)).predict_grid(truth.time.values, grids,
                                                                              return_std=False)
     baseline_seconds = time.perf_counter() - t_base
+    stages.update(1)
+    stages.set_postfix_str("figures")
     result = {
         "observations": int(obs.n_points),
         "observed_fraction": float(obs.n_points / truth.size),
@@ -97,6 +109,8 @@ def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, 
     plt.close("all")
     plots.animation(field, out / "evolution.gif", fixed={"depth": depth0})
     del mean
+    stages.update(1)
+    stages.close()
 
     result["total_wall_time_s"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(result, indent=2))

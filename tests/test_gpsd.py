@@ -383,9 +383,14 @@ def test_train_prior_and_sample_commands(trained, toy, tmp_path):
     prior, report = trained
     cores, t, _ = toy
     run_dir, fit = _ftm_run(tmp_path, cores, t)
-    # --steps 0: the whole command path (load, configure, save) without compiling a new network
+    # --steps 0 would save an untrained network: refused before anything is loaded
     argv = ["train-prior", str(run_dir), "--steps", "0", "--channels", "8", "--channel-mult", "1",
             "--no-attention", "--seq-len", "50", "--no-progress"]
+    with pytest.raises(InputError, match="--steps"):
+        _cli(train_cmd, argv)
+    # one step: the whole command path (load, configure, train, save) on a tiny network
+    argv[3] = "1"
+    argv += ["--batch", "2", "--seq-len", "4"]
     assert _cli(train_cmd, argv) == 0
     saved = load_prior(run_dir)
     assert saved.core_shape == CORE and saved.net.channel_mult == (1,) and not saved.net.attention

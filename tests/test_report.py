@@ -332,6 +332,8 @@ def test_truth_checked_against_field(tiny):
         evaluate(idata, truth[..., :1])
     with pytest.raises(InputError, match="coords"):
         evaluate(idata, as_da.assign_coords(lon=[0.0, 2.0]))
+    with pytest.raises(InputError, match="truth.*shape"):  # another grid: named, not a broadcasting error
+        evaluate(idata, xr.concat([as_da, as_da.assign_coords(lon=[2.0, 3.0])], dim="lon"))
     with pytest.raises(InputError, match="idata"):
         evaluate(az.from_dict(posterior={"a": np.zeros((1, 4))}), truth)
 

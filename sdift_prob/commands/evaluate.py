@@ -6,6 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from . import HelpFormatter
+
+ARGUMENT_NAMES = {"index": "--trajectory"}
 HELP = "score a posterior file against a true trajectory: VRMSE, RMSE, coverage, CRPS (JSON)"
 
 
@@ -14,9 +17,9 @@ def register(subparsers: Any) -> None:
         "evaluate", help=HELP,
         description="Compare the posterior of `sdift reconstruct` with trajectory I of a field collection; "
                     "prints JSON with vrmse (of the posterior mean), rmse, coverage_50, coverage_90 and crps.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("posterior", metavar="POSTERIOR.nc")
+    p.add_argument("posterior", metavar="POSTERIOR.nc", help="posterior file written by `sdift reconstruct`")
     p.add_argument("--truth", required=True, metavar="DATA.nc", help="field collection holding the true field")
     p.add_argument("--trajectory", type=int, required=True, metavar="I", help="position of the trajectory (0-based)")
     p.set_defaults(func=run)

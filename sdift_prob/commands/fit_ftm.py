@@ -19,7 +19,9 @@ from ..ftm.bundle import save_run
 from ..ftm.fit import FTMConfig, fit_ftm
 from ..ftm.tucker import check_ranks
 from ..streaming import is_lazy
+from . import HelpFormatter, check_out_folder, check_seed
 
+ARGUMENT_NAMES = {"batch_trajectories": "--batch", "path": "DATA.nc", "ds": "DATA.nc"}
 HELP = "fit the functional Tucker model (coordinate networks + cores) and save a run directory"
 
 
@@ -35,7 +37,7 @@ def register(subparsers: Any) -> None:
             "trajectories, plus a free core sequence per trajectory. Writes a run directory "
             "(manifest.json, ftm.eqx, cores.npz) that later stages add to."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("data", metavar="DATA.nc", help="field collection file")
     p.add_argument("--ranks", type=int, nargs="+", required=True, metavar="R",
@@ -77,11 +79,12 @@ def select_trajectories(ds: xr.Dataset, spec: str) -> xr.Dataset:
     if spec == "all-train":
         if "split" not in ds.coords:
             raise bad_input("--train", "'all' or explicit ids for a collection without a train/test split", spec)
+        sel = np.flatnonzero(np.asarray(ds.coords["split"].values).astype(str) == "train")
+        if sel.size == 0:
+            raise bad_input("--train", "a collection with at least one 'train' trajectory (or --train all / "
+                            "explicit ids)", "none in the file's split")
         if is_lazy(ds["field"]):
             # train_part validates (reads) every value; a lazy collection is checked while it is read
-            sel = np.flatnonzero(np.asarray(ds.coords["split"].values).astype(str) == "train")
-            if sel.size == 0:
-                raise bad_input("--train", "a collection with at least one 'train' trajectory", spec)
             return ds.isel(trajectory=sel)
         return train_part(ds)
     if spec == "all":
@@ -101,11 +104,11 @@ def select_trajectories(ds: xr.Dataset, spec: str) -> xr.Dataset:
 
 def run(args: argparse.Namespace) -> int:
     """Load the collection, fit the FTM, write the run directory; returns 0 on success."""
-    if args.seed < 0:
-        raise bad_input("--seed", "an int >= 0", args.seed)
+    check_seed(args.seed)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise bad_input("--out", "a run directory that does not exist yet (or pass --overwrite)", str(out))
+    check_out_folder(out)
     if args.lazy:
         from ..streaming import open_fields_lazy
 

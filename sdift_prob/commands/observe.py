@@ -11,8 +11,9 @@ import jax
 
 from ..data.fields import Normalizer, load_fields
 from ..data.observations import PATTERNS, sample_observations, select_trajectory
-from ..errors import bad_input
+from . import HelpFormatter, check_out_folder, check_seed
 
+ARGUMENT_NAMES = {"index": "--trajectory", "path": "DATA.nc"}
 HELP = "draw sparse, noisy observations of one trajectory of a field collection"
 
 
@@ -29,7 +30,7 @@ def register(subparsers: Any) -> None:
             "(full columns over the last space dim, like CTD/Argo casts), forecast (random, "
             "nothing after --forecast-after)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("data", metavar="DATA.nc", help="field collection file")
     p.add_argument("--trajectory", type=int, required=True, metavar="I",
@@ -59,8 +60,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the collection, sample the observations, write them; returns 0 on success."""
-    if args.seed < 0:
-        raise bad_input("--seed", "an int >= 0", args.seed)
+    check_seed(args.seed)
+    check_out_folder(args.out)
     ds = load_fields(args.data)
     trajectory = select_trajectory(ds, args.trajectory)
     scale = args.noise_scale

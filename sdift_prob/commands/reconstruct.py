@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from ..errors import bad_input
+from . import HelpFormatter, check_out_folder, check_seed
 
+ARGUMENT_NAMES = {"num_steps": "--steps", "path": "OBS.nc", "run_dir": "RUN_DIR", "chunk_size": "--chunk-size"}
 HELP = "reconstruct the full field from an observation set (posterior draws -> netCDF)"
 
 
@@ -23,6 +25,17 @@ def parse_float_list(text: str | None, argument: str) -> list[float] | None:
     return values
 
 
+def _chunk_size(args: argparse.Namespace) -> int | None:
+    """--chunk-size, or by default four chunks from 8 draws on (a progress bar in quarters; the
+    sampler is compiled once for the chunk shape either way)."""
+    if args.chunk_size is not None:
+        if args.chunk_size < 1:
+            raise bad_input("--chunk-size", "an integer >= 1", args.chunk_size)
+        return int(args.chunk_size)
+    total = int(args.draws) * int(args.chains)
+    return -(-total // 4) if total >= 8 else None
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "reconstruct", help=HELP,
@@ -32,17 +45,20 @@ def register(subparsers: Any) -> None:
             "Writes an ArviZ InferenceData netCDF (posterior field/cores/sigma, posterior predictive, "
             "log-likelihood)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (sdift fit-ftm + sdift train-prior)")
     p.add_argument("obs", metavar="OBS.nc", help="observation set (sdift observe)")
-    p.add_argument("--sampler", choices=("mpdps", "dps", "gp"), default="mpdps")
+    p.add_argument("--sampler", choices=("mpdps", "dps", "gp"), default="mpdps",
+                   help="mpdps: guided diffusion with GP messages between time stamps; dps: without them; "
+                        "gp: exact posterior under the FTM + GP temporal prior (no trained prior needed)")
     p.add_argument("--draws", type=int, default=8, help="posterior draws per chain")
     p.add_argument("--chains", type=int, default=1, help="independent chains")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
     p.add_argument("--times", default=None, help="comma-separated physical output times (default: training times)")
     p.add_argument("--resolution", type=int, default=1, help="spatial refinement factor per axis")
-    p.add_argument("--likelihood", choices=("gaussian", "laplace", "student_t", "poisson"), default="gaussian")
+    p.add_argument("--likelihood", choices=("gaussian", "laplace", "student_t", "poisson"), default="gaussian",
+                   help="observation noise model")
     p.add_argument("--sigma", default=None,
                    help="noise std in physical units, 'metadata' or 'infer' (default: metadata if known, else infer)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 20)")
@@ -51,8 +67,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--message-kernel", choices=("reference", "fitted"), default="reference",
                    help="MPDPS message kernel: the public code's exp(-dt^2), or a Matern-1/2 fitted to the "
                         "training cores (better when frames decorrelate between time stamps)")
-    p.add_argument("--out", required=True, metavar="POSTERIOR.nc")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="draws per compiled sampler call (default: a quarter of all draws from 8 draws on, so "
+                        "that a progress bar shows; fewer draws in one call); the draws do not depend on it "
+                        "beyond float32 rounding")
+    p.add_argument("--out", required=True, metavar="POSTERIOR.nc", help="posterior file to write (netCDF)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
@@ -68,9 +89,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.observations import ObservationSet
 
+    check_seed(args.seed)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise bad_input("--out", "a path that does not exist (or pass --overwrite)", str(out))
+    check_out_folder(out)
     sigma: Any = args.sigma
     if sigma is not None and sigma not in ("metadata", "infer"):
         try:
@@ -86,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     idata = reconstruct(
         run_, obs, key=jax.random.key(args.seed), sampler=args.sampler, draws=args.draws, chains=args.chains,
         times=parse_float_list(args.times, "--times"), resolution=args.resolution, likelihood=args.likelihood,
-        sigma=sigma, config=config, progress=True, message_kernel=args.message_kernel,
+        sigma=sigma, config=config, chunk_size=_chunk_size(args), progress=not args.no_progress,
+        message_kernel=args.message_kernel,
     )
     save_posterior(idata, out, overwrite=args.overwrite)
     print(f"wrote {out} ({args.sampler}, {args.chains} x {args.draws} draws, "

@@ -17,6 +17,9 @@ from ..gp import validate_times
 from ..gpsd.prior import load_prior
 from ..io import NETCDF_ENGINE, atomic_file
 from ..run import section_info
+from . import HelpFormatter, check_out_folder, check_seed
+
+ARGUMENT_NAMES = {"num_steps": "--steps", "run_dir": "RUN_DIR"}
 
 HELP = "draw unconditional field sequences from the trained prior"
 
@@ -32,6 +35,7 @@ def register(subparsers: Any) -> None:
             "training grid and write them in physical units to a netCDF file with dims "
             "(draw, time, *space dims)."
         ),
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a fitted FTM and a trained prior")
     p.add_argument("--draws", type=int, required=True, help="number of draws")
@@ -40,11 +44,12 @@ def register(subparsers: Any) -> None:
                       help="physical time stamps, comma-separated, strictly increasing (default: the training times)")
     when.add_argument("--n-times", type=int, default=None, metavar="M",
                       help="M evenly spaced time stamps over the training time range")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the prior's, 20)")
     p.add_argument("--batch-size", type=int, default=None, help="draws per vmapped batch (default: all)")
     p.add_argument("--out", required=True, metavar="SAMPLES.nc", help="netCDF file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
@@ -65,8 +70,14 @@ def parse_times(args: argparse.Namespace, fit: FTMFit) -> np.ndarray:
 
 
 def _source_attrs(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Field and coordinate attrs of the data the FTM was fitted on, when that file is still there."""
-    data = section_info(run_dir, "ftm", verify=False).get("extra", {}).get("data")
+    """Field and coordinate attrs of the data the FTM was fitted on: the units and names the run
+    recorded (`save_run`), else those of the data file when it is still there."""
+    extra = section_info(run_dir, "ftm", verify=False).get("extra", {})
+    if extra.get("units") or extra.get("coord_units"):
+        field = {k: extra[k] for k in ("units", "long_name") if isinstance(extra.get(k), str) and extra[k]}
+        coords = {str(d): {"units": u} for d, u in (extra.get("coord_units") or {}).items() if isinstance(u, str) and u}
+        return field, coords
+    data = extra.get("data")
     if not data or not Path(data).is_file():
         return {}, {}
     try:
@@ -108,11 +119,11 @@ def run(args: argparse.Namespace) -> int:
     """Sample, decode and write the draws; returns 0 on success."""
     if args.draws < 1:
         raise bad_input("--draws", "an integer >= 1", args.draws)
-    if args.seed < 0:
-        raise bad_input("--seed", "an int >= 0", args.seed)
+    check_seed(args.seed)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise bad_input("--out", "a file that does not exist yet (or --overwrite)", str(out))
+    check_out_folder(out)
     root = Path(args.run_dir)
     fit = load_run(root)
     prior = load_prior(root)
@@ -120,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     t0, t1 = fit.time_domain
     times_norm = (times - t0) / ((t1 - t0) if t1 != t0 else 1.0)
     steps = prior.config.num_steps if args.steps is None else args.steps
-    cores = prior.sample(jax.random.key(args.seed), times_norm, args.draws, steps, batch_size=args.batch_size)
+    cores = prior.sample(jax.random.key(args.seed), times_norm, args.draws, steps, batch_size=args.batch_size,
+                         progress=not args.no_progress)
     fields = np.asarray(fit.normalizer.inverse(np.asarray(decode_grid(fit.model, cores, fit.grids))), np.float32)
     field_attrs, coord_attrs = _source_attrs(root)
     ds = samples_dataset(fit, fields, times, seed=args.seed, steps=steps,

@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import bad_input
+from . import HelpFormatter, check_seed
+
+ARGUMENT_NAMES = {"n_trajectories": "--n"}
 
 # Size options and the simulators they apply to (argument name -> simulator keyword).
 _SIZE_OPTIONS = {
@@ -29,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "field3d: 3D Gray-Scott reaction-diffusion spreading from seeds (exponax, default "
             "32^3, 16 times)."
         ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("simulator", choices=tuple(_SIZE_OPTIONS), help="which physics to simulate")
     parser.add_argument("--n", type=int, required=True, help="number of trajectories")
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             raise bad_input(f"--{option.replace('_', '-')}", f"an option of {'/'.join(users)} only, not {name}",
                             value)
         kwargs[applicable[option]] = value
+    check_seed(args.seed)
     out = Path(args.out)
     # Check the target before spending minutes on the simulation.
     if out.exists() and not args.overwrite:

@@ -15,7 +15,9 @@ from ..ftm import load_run
 from ..gpsd.prior import PRIOR_SECTION, save_prior
 from ..gpsd.train import PriorConfig, train_prior
 from ..run import read_manifest
+from . import HelpFormatter, check_seed
 
+ARGUMENT_NAMES = {"batch_size": "--batch", "warmup_steps": "--warmup", "run_dir": "RUN_DIR"}
 HELP = "train the GP-based sequential diffusion prior on a run's FTM cores"
 CHECKPOINT_SUBDIR = ".prior-checkpoints"
 
@@ -33,7 +35,7 @@ def register(subparsers: Any) -> None:
             "and on Ctrl-C/SIGTERM; rerunning the same command resumes from the last one (raise "
             "--steps to train longer)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a fitted FTM")
     p.add_argument("--steps", type=int, default=d.steps, help="total optimiser steps")
@@ -83,13 +85,14 @@ def config_from_args(args: argparse.Namespace, num_frames: int) -> PriorConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Train the prior on the run's cores and save it into the run; returns 0 on success."""
-    if args.seed < 0:
-        raise bad_input("--seed", "an int >= 0", args.seed)
+    check_seed(args.seed)
+    if args.steps < 1:  # PriorConfig allows 0 (an untrained network); saving one is never meant
+        raise bad_input("--steps", "an integer >= 1", args.steps)
     root = Path(args.run_dir)
     fit = load_run(root)
+    config = config_from_args(args, int(fit.cores.shape[1]))  # settings checked before the run's state
     if PRIOR_SECTION in read_manifest(root, verify=False)["sections"] and not args.overwrite:
-        raise InputError(f"run_dir: {root} already has a trained prior; pass --overwrite to replace it")
-    config = config_from_args(args, int(fit.cores.shape[1]))
+        raise InputError(f"RUN_DIR: {root} already has a trained prior; pass --overwrite to replace it")
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else root / CHECKPOINT_SUBDIR
     prior, report = train_prior(
         fit.cores, fit.normalised_times(), config, key=jax.random.key(args.seed),

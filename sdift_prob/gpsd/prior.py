@@ -104,6 +104,7 @@ class GPSDPrior(eqx.Module):
         num_steps: int | None = None,
         *,
         batch_size: int | None = None,
+        progress: bool = False,
     ) -> Float[Array, "num_draws M *core"]:
         """Unconditional draws of core sequences at any (irregular, longer) time grid.
 
@@ -117,6 +118,7 @@ class GPSDPrior(eqx.Module):
         - `num_draws`: number of draws (≥ 1).
         - `num_steps`: sampler steps (default `config.num_steps`).
         - `batch_size`: draws per vmapped batch (default: all at once).
+        - `progress`: a progress bar over the draws, advanced batch by batch (`tqdm.auto`).
 
         **Returns:** `(num_draws, M, R1, .., RK)` in FTM core units.
         """
@@ -132,12 +134,18 @@ class GPSDPrior(eqx.Module):
         t = jnp.asarray(validate_times(times_norm, "times_norm"), jnp.float32)
         keys = jax.random.split(key, int(num_draws))
         chunks = []
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(num_draws), desc="prior sampling", unit="draw", disable=not progress)
         for start in range(0, int(num_draws), int(batch_size)):
             part = keys[start : start + batch_size]
             n = part.shape[0]
             if n < batch_size:  # pad the last batch so every batch has one compiled shape
                 part = jnp.concatenate([part, jnp.broadcast_to(part[-1:], (batch_size - n,))])
             chunks.append(_draws(self, part, t, chol, int(num_steps))[:n])
+            chunks[-1].block_until_ready()
+            bar.update(n)
+        bar.close()
         return self.denormalise(jnp.concatenate(chunks, axis=0))
 
 
