@@ -214,7 +214,7 @@ def _poisson_scale(truth_values: np.ndarray, level_std: float) -> float:
 
 
 def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods: tuple[str, ...],
-                     log: Any) -> dict[str, Any]:
+                     log: Any, tables: tuple[str, ...] = ("main", "noise"), on_cell: Any = None) -> dict[str, Any]:
     data_path, run_dir, provenance = prepare(name, suite, workdir)
     ds = load_fields(data_path)
     run = open_run(run_dir)
@@ -243,7 +243,7 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
             scores.add(m, **score_sampler(run, obs, truth, key=jax.random.fold_in(k, 3), sampler=m,
                                           draws=suite.draws, sigma=sig, likelihood=lik, calibrate=calibrate))
 
-    for setting in suite.settings:
+    for setting in suite.settings if "main" in tables else ():
         for rho in suite.rho:
             scores = Scores()
             for i in test_ids[: suite.n_test]:
@@ -255,10 +255,12 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
             cell = {"setting": setting, "rho": rho, "n_test": int(min(suite.n_test, test_ids.size)),
                     "noise": "gaussian", "noise_level": suite.noise_scale, "methods": scores.summary()}
             result["cells"].append(cell)
+            if on_cell is not None:
+                on_cell(result)
             log(f"{name} setting {setting} rho {rho}: " + ", ".join(
                 f"{m} {c['vrmse']['mean']:.3f}±{c['vrmse']['std']:.3f}" for m, c in cell["methods"].items()))
 
-    for noise in suite.noise_models if name in suite.noise_datasets else ():
+    for noise in suite.noise_models if name in suite.noise_datasets and "noise" in tables else ():
         for level in suite.noise_levels:
             if noise == "gaussian" and level == suite.noise_scale:
                 continue  # the first table's setting-1, rho-1% cell
@@ -273,6 +275,8 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
             entry = {"noise": noise, "level": level, "rho": 0.01, "setting": 1,
                      "n_test": int(min(suite.n_test_noise, test_ids.size)), "methods": scores.summary()}
             result["noise"].append(entry)
+            if on_cell is not None:
+                on_cell(result)
             log(f"{name} noise {noise} {level}: " + ", ".join(
                 f"{m} {c['vrmse']['mean']:.3f}" for m, c in entry["methods"].items()))
     return result
@@ -298,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", type=int, nargs="+", choices=(1, 2), help="override the suite's settings")
     p.add_argument("--noise-levels", type=float, nargs="+", help="override the noise table's levels")
     p.add_argument("--no-noise-table", action="store_true")
+    p.add_argument("--tables", nargs="+", choices=("main", "noise"), default=["main", "noise"],
+                   help="which tables to compute (to split a long run into several)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     suite = SUITES[args.suite]
@@ -323,8 +329,12 @@ def main(argv: list[str] | None = None) -> int:
                                "command": " ".join(["python -m benchmarks.accuracy", *(argv or sys.argv[1:])])}
     for name in suite.datasets:
         t0 = time.perf_counter()
+        def partial(res: dict[str, Any], name: str = name) -> None:
+            results["datasets"][name] = res
+            _write(args.out, results, started)  # every finished cell survives an interruption
+
         results["datasets"][name] = evaluate_dataset(name, suite, Path(args.workdir), args.seed,
-                                                     tuple(args.methods), log)
+                                                     tuple(args.methods), log, tuple(args.tables), partial)
         results["datasets"][name]["wall_time_s"] = time.perf_counter() - t0
         _write(args.out, results, started)  # partial results survive an interruption
     _write(args.out, results, started)
