@@ -14,6 +14,11 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("SDIFT_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # The kernels share the suite's persistent JAX compilation cache (tests/conftest.py).
+    from conftest import JAX_CACHE_ENV
+
+    for name, value in JAX_CACHE_ENV.items():
+        monkeypatch.setenv(name, os.environ.get(name, value))
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError on the first failing cell
