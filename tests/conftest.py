@@ -16,8 +16,13 @@ JAX_CACHE_ENV = {
     "JAX_COMPILATION_CACHE_DIR": str(JAX_CACHE_DIR),
     # programs that compile in under a second are not worth a file each
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",
-    "JAX_COMPILATION_CACHE_MAX_SIZE": str(2 * 1024**3),  # bytes; least recently used entries go first
 }
+try:  # JAX bounds the cache only with filelock (a test dependency); without it a size makes every read warn
+    import filelock  # noqa: F401
+
+    JAX_CACHE_ENV["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(2 * 1024**3)  # bytes; least recently used go first
+except ImportError:
+    pass
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
