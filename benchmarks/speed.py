@@ -24,7 +24,6 @@ printed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -46,6 +45,9 @@ from sdift_prob import pretrained
 from sdift_prob.data.observations import ObservationSet, PaddedObservations
 from sdift_prob.ftm import decode_grid, design_rows
 from sdift_prob.io import atomic_file
+
+
+SECTIONS = ("draws", "guided_vs_unconditional", "observations", "time_stamps", "resolution", "core_size", "training")
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
@@ -131,20 +133,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default=str(pretrained.path("ocean") / "run"))
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="fewer sizes (a smoke run)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                   help="sections to run; with --update, the others are kept from the existing --out")
+    p.add_argument("--update", action="store_true", help="merge into an existing --out instead of replacing it")
     args = p.parse_args(argv)
+    want = set(args.sections)
     started = time.perf_counter()
     run = open_run(args.run, require_prior=True)
     prior = run.prior
     times = np.asarray(run.ftm.times)
     key = jax.random.key(0)
-    res: dict[str, Any] = {"run": args.run, "core_shape": run.core_shape, "grid": [len(g) for g in run.ftm.grids],
-                           "n_times": int(times.size), "num_steps": GuidedConfig().num_steps}
+    res: dict[str, Any] = {}
+    if args.update and Path(args.out).exists():
+        res = json.loads(Path(args.out).read_text())
+    res.update({"run": args.run, "core_shape": run.core_shape, "grid": [len(g) for g in run.ftm.grids],
+                "n_times": int(times.size), "num_steps": GuidedConfig().num_steps})
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:6.0f} s] {msg}", flush=True)
 
     def save() -> None:
-        res["wall_time_s"] = time.perf_counter() - started
+        res.setdefault("wall_time_s", {})
+        if not isinstance(res["wall_time_s"], dict):
+            res["wall_time_s"] = {"earlier run": res["wall_time_s"]}
+        res["wall_time_s"][" ".join(args.sections)] = time.perf_counter() - started
         res["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
                           "devices": [str(d) for d in jax.devices()]}
@@ -158,13 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     # -- draws -----------------------------------------------------------------------------
     draw_counts = [1, 4, 16] if args.quick else [1, 4, 16, 64]
     rows = []
+    if "draws" not in want:
+        draw_counts = []
     for n in draw_counts:
         r = _timed(guided(run, prior, inputs, key, n), args.repeats if n < 64 else 1)
         r.update(draws=n, per_draw_s=r["seconds"] / n)
         rows.append(r)
         log(f"draws {n}: {r['seconds']:.2f} s ({r['per_draw_s']:.3f} s/draw), compile {r['compile_s']:.1f} s")
     e2e = []
-    for n in (1, 16):
+    for n in (1, 16) if draw_counts else ():
         r = _timed(lambda n=n: reconstruct(run, obs, key=key, draws=n, sigma=0.1 * run.ftm.normalizer.std), 1)
         r["draws"] = n
         e2e.append(r)
@@ -173,24 +187,51 @@ def main(argv: list[str] | None = None) -> int:
     for n in draw_counts:
         mem.append({"draws": n, "peak_rss_mb": peak_rss_mb(args.run, n)})
         log(f"peak RSS, {n} draws: {mem[-1]['peak_rss_mb']:.0f} MB")
-    res["draws"] = {"sampler": rows, "reconstruct": e2e, "memory": mem, "observations": int(n_default),
-                    "ratio_16_to_1": rows[2]["seconds"] / rows[0]["seconds"],
-                    "exponent": fit_exponent([r["draws"] for r in rows], [r["seconds"] for r in rows])}
-    save()
+    if draw_counts:
+        res["draws"] = {"sampler": rows, "reconstruct": e2e, "memory": mem, "observations": int(n_default),
+                        "ratio_16_to_1": rows[2]["seconds"] / rows[0]["seconds"],
+                        "exponent": fit_exponent([r["draws"] for r in rows], [r["seconds"] for r in rows])}
+        save()
 
     # -- guided vs unconditional --------------------------------------------------------------
-    tn = jnp.asarray(inputs["times_norm"])
-    unc = _timed(lambda: prior.sample(key, tn, 16), args.repeats)
-    dps = _timed(guided(run, prior, inputs, key, 16, method="dps"), args.repeats)
-    mp16 = next(r for r in rows if r["draws"] == 16)
-    res["guided_vs_unconditional"] = {
-        "draws": 16, "unconditional_s": unc["seconds"], "dps_s": dps["seconds"], "mpdps_s": mp16["seconds"],
-        "mpdps_over_unconditional": mp16["seconds"] / unc["seconds"], "dps_over_unconditional": dps["seconds"] / unc["seconds"]}
-    log(f"16 draws: unconditional {unc['seconds']:.2f} s, DPS {dps['seconds']:.2f} s, MPDPS {mp16['seconds']:.2f} s")
-    save()
+    if "guided_vs_unconditional" in want:
+        tn = jnp.asarray(inputs["times_norm"])
+        unc = _timed(lambda: prior.sample(key, tn, 16), args.repeats)
+        dps = _timed(guided(run, prior, inputs, key, 16, method="dps"), args.repeats)
+        mp16 = next((r for r in rows if r["draws"] == 16), None) or _timed(guided(run, prior, inputs, key, 16),
+                                                                          args.repeats)
+        res["guided_vs_unconditional"] = {
+            "draws": 16, "unconditional_s": unc["seconds"], "dps_s": dps["seconds"], "mpdps_s": mp16["seconds"],
+            "mpdps_over_unconditional": mp16["seconds"] / unc["seconds"],
+            "dps_over_unconditional": dps["seconds"] / unc["seconds"]}
+        log(f"16 draws: unconditional {unc['seconds']:.2f} s, DPS {dps['seconds']:.2f} s, "
+            f"MPDPS {mp16['seconds']:.2f} s")
+        save()
 
-    # -- number of observations ----------------------------------------------------------------
-    counts = [100, 1000, 10000] if args.quick else [100, 1000, 10000, 100000]
+    if "observations" in want:
+        observation_scaling(run, prior, key, times, res, quick=args.quick, log=log)
+        save()
+    if "time_stamps" in want:
+        time_stamp_scaling(run, prior, key, times, int(n_default), res, log=log)
+        save()
+    if "resolution" in want:
+        resolution_scaling(run, times, res, log=log)
+        save()
+    if "core_size" in want and len(run.core_shape) == 3:
+        core_size_scaling(run, prior, key, inputs, res, log=log)
+        save()
+    if "training" in want:
+        res["training"] = training_throughput(run, quick=args.quick, log=log)
+        save()
+
+    print(json.dumps({k: v.get("exponent") for k, v in res.items() if isinstance(v, dict) and "exponent" in v}))
+    log(f"wrote {args.out}")
+    return 0
+
+
+def observation_scaling(run: Run, prior: Any, key: jax.Array, times: np.ndarray, res: dict[str, Any], *,
+                        quick: bool, log: Callable[[str], None]) -> None:
+    counts = [100, 1000, 10000] if quick else [100, 1000, 10000, 100000]
     rows = []
     for n in counts:
         o = synthetic_obs(run, jax.random.key(2), n, times)
@@ -203,9 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{n} observations: {r['seconds']:.2f} s (+{setup:.2f} s design rows)")
     res["observations"] = {"rows": rows, "draws": 4,
                            "exponent": fit_exponent(counts[1:], [r["seconds"] for r in rows[1:]])}
-    save()
 
-    # -- number of time stamps -----------------------------------------------------------------
+
+def time_stamp_scaling(run: Run, prior: Any, key: jax.Array, times: np.ndarray, n_default: int,
+                       res: dict[str, Any], *, log: Callable[[str], None]) -> None:
     rows = []
     per_frame = max(1, int(n_default // times.size))
     for factor in (1, 2, 4):
@@ -217,14 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{tt.size} time stamps: {r['seconds']:.2f} s")
     res["time_stamps"] = {"rows": rows, "draws": 4, "points_per_frame": per_frame,
                           "exponent": fit_exponent([r["frames"] for r in rows], [r["seconds"] for r in rows])}
-    save()
 
-    # -- decoding resolution ---------------------------------------------------------------------
+
+def resolution_scaling(run: Run, times: np.ndarray, res: dict[str, Any], *, log: Callable[[str], None]) -> None:
+    from inference.reconstruct import refine_grid
+
     cores = jnp.asarray(np.asarray(run.ftm.cores[:1]).repeat(16, axis=0))  # (16, T, R..)
     rows = []
     for factor in (1, 2, 4):
-        from inference.reconstruct import refine_grid
-
         grids = tuple(refine_grid(g, factor) for g in run.ftm.grids)
         n_pts = int(np.prod([len(g) for g in grids])) * times.size * 16
         r = _timed(lambda grids=grids: decode_grid(run.ftm.model, cores, grids), 1)
@@ -233,44 +275,35 @@ def main(argv: list[str] | None = None) -> int:
         log(f"decode 16 draws at {factor}x: {r['seconds']:.2f} s ({n_pts / 1e6:.1f} M values)")
     res["resolution"] = {"rows": rows, "draws": 16,
                          "exponent": fit_exponent([r["decoded_values"] for r in rows], [r["seconds"] for r in rows])}
-    save()
 
-    # -- core size ---------------------------------------------------------------------------------
-    from sdift_prob.gpsd.prior import GPSDPrior, build_net_like, prior_header
 
-    hyper = prior_header(prior)["net"]
+def core_size_scaling(run: Run, prior: Any, key: jax.Array, inputs: dict[str, Any], res: dict[str, Any], *,
+                      log: Callable[[str], None]) -> None:
+    """Cores 4³, 8³, 12³: U-Nets of the shipped architecture with fresh random weights (the
+    cost does not depend on the weights) and random design rows of the matching width."""
+    from sdift_prob.gpsd.prior import GPSDPrior, prior_header
+    from sdift_prob.gpsd.unet import TemporalUNet
+
+    hyper = dict(prior_header(prior)["net"])
+    hyper.pop("core_shape", None)
     rows = []
-    for r_ in ((4, 4, 4), (8, 8, 8), (12, 12, 12)):
-        if len(run.core_shape) != 3:
-            break
-        net = build_net_like({**hyper, "core_shape": list(r_)})
+    for shape in ((4, 4, 4), (8, 8, 8), (12, 12, 12)):
+        net = TemporalUNet(shape, key=jax.random.key(5), **hyper)
         pr = GPSDPrior(net, prior.config, prior.kernel, float(prior.core_mean), float(prior.core_std))
-        D = int(np.prod(r_))
+        D = int(np.prod(shape))
         inp = dict(inputs)
         inp["design"] = np.asarray(jax.random.normal(jax.random.key(4), inputs["design"].shape[:2] + (D,))) / np.sqrt(D)
-        r = _timed(guided(run, pr, inp, key, 4, core_shape=r_), 1)
-        r.update(core_shape=list(r_), core_size=D)
+        r = _timed(guided(run, pr, inp, key, 4, core_shape=shape), 1)
+        r.update(core_shape=list(shape), core_size=D)
         rows.append(r)
-        log(f"core {r_}: {r['seconds']:.2f} s")
-    if rows:
-        res["core_size"] = {"rows": rows, "draws": 4, "note": "untrained U-Nets of the shipped architecture",
-                            "exponent": fit_exponent([r["core_size"] for r in rows], [r["seconds"] for r in rows])}
-    save()
-
-    # -- training throughput ---------------------------------------------------------------------
-    res["training"] = training_throughput(run, quick=args.quick, log=log)
-    save()
-
-    print(json.dumps({k: v.get("exponent") for k, v in res.items() if isinstance(v, dict) and "exponent" in v}))
-    log(f"wrote {args.out}")
-    return 0
+        log(f"core {shape}: {r['seconds']:.2f} s")
+    res["core_size"] = {"rows": rows, "draws": 4, "note": "random-weight U-Nets of the shipped architecture",
+                        "exponent": fit_exponent([r["core_size"] for r in rows], [r["seconds"] for r in rows])}
 
 
 def training_throughput(run: Run, *, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """FTM fit (entries/s) on 8 decoded training trajectories; prior steps/s on the training cores."""
-    import xarray as xr
-
-    from sdift_prob.data.fields import make_field_dataset
+    from sdift_prob.data.fields import assign_split, make_field_dataset
     from sdift_prob.ftm.fit import FTMConfig, fit_ftm
     from sdift_prob.gpsd import PriorConfig
     from sdift_prob.gpsd.train import train_prior
@@ -278,30 +311,30 @@ def training_throughput(run: Run, *, quick: bool, log: Callable[[str], None]) ->
     out: dict[str, Any] = {}
     fields = run.ftm.decode()[:8]  # physical units, (8, T, *space)
     ds = make_field_dataset(fields, np.asarray(run.ftm.times), dict(zip(run.space_dims, run.ftm.grids)),
-                            units="u", long_name="decoded", coord_units={}, provenance={"simulator": "speed"})
-    ds = ds.assign_coords(split=("trajectory", np.array(["train"] * fields.shape[0])))
-    assert isinstance(ds, xr.Dataset)
-    for epochs in ((2, 6) if quick else (5, 25)):
+                            units="1", long_name="decoded training cores",
+                            coord_units={d: "1" for d in ("time", *run.space_dims)},
+                            provenance={"simulator": "benchmarks.speed", "parameters": {}, "seed": 0})
+    ds = assign_split(ds, n_test=0, key=jax.random.key(0))
+    # The first call compiles; the per-epoch (per-step) cost is the difference of two warm runs.
+    for epochs in ((1, 2, 6) if quick else (1, 5, 25)):
         cfg = FTMConfig(epochs=epochs, holdout_fraction=0.0, batch_trajectories=8)
         t0 = time.perf_counter()
         fit_ftm(ds, run.core_shape, key=jax.random.key(0), config=cfg, progress=False)
         out.setdefault("ftm_runs", []).append({"epochs": epochs, "seconds": time.perf_counter() - t0})
-    a, b = out["ftm_runs"]
+    a, b = out["ftm_runs"][1:]
     per_epoch = (b["seconds"] - a["seconds"]) / (b["epochs"] - a["epochs"])
     out["ftm_entries_per_s"] = fields.size / per_epoch
     out["ftm_seconds_per_epoch_8_trajectories"] = per_epoch
     log(f"FTM fit: {out['ftm_entries_per_s'] / 1e6:.2f} M entries/s")
     cores = np.asarray(run.ftm.cores)
     tn = run.ftm.normalised_times()
-    hyper = dataclasses.asdict(PriorConfig()) if dataclasses.is_dataclass(PriorConfig) else {}
-    del hyper
     runs = []
-    for steps in ((10, 30) if quick else (20, 120)):
+    for steps in ((5, 10, 30) if quick else (5, 20, 120)):
         cfg = PriorConfig(steps=steps, batch_size=8, seq_len=12, channels=16, lr=1e-3, warmup_steps=10)
         t0 = time.perf_counter()
         train_prior(cores, tn, cfg, key=jax.random.key(0), progress=False)
         runs.append({"steps": steps, "seconds": time.perf_counter() - t0})
-    per_step = (runs[1]["seconds"] - runs[0]["seconds"]) / (runs[1]["steps"] - runs[0]["steps"])
+    per_step = (runs[2]["seconds"] - runs[1]["seconds"]) / (runs[2]["steps"] - runs[1]["steps"])
     out["prior_runs"] = runs
     out["prior_steps_per_s"] = 1.0 / per_step
     out["prior_sequences_per_s"] = 8.0 / per_step
