@@ -30,76 +30,90 @@ def accuracy_tables(res: dict[str, Any]) -> str:
     out = []
     for name, ds in res["datasets"].items():
         cells = ds["cells"]
-        n = max(c["n_test"] for c in cells)
-        out.append(f"### {name} — VRMSE of the point estimate (mean ± std over {n} test trajectories)\n")
-        heads = [f"ρ={c['rho']:.0%}, setting {c['setting']}" for c in cells]
-        out.append("| method | " + " | ".join(heads) + " |")
-        out.append("|---" * (len(cells) + 1) + "|")
-        for m in ORDER:
-            if any(m in c["methods"] for c in cells):
-                out.append(f"| {LABELS[m]} | " + " | ".join(_pm(c["methods"].get(m)) for c in cells) + " |")
-        for variant in ("mpdps", "mpdps_fitted"):
-            gains = []
-            for c in cells:
-                mp, dp = c["methods"].get(variant), c["methods"].get("dps")
-                if mp and dp:
-                    gains.append(f"{100 * (1 - mp['vrmse']['mean'] / dp['vrmse']['mean']):.0f}%")
-            if gains:
-                out.append(f"| {LABELS[variant].strip('*')} vs DPS (VRMSE reduction) | " + " | ".join(gains) + " |")
-        best = []
+        if cells:
+            out.extend(main_table(name, cells))
+        if ds.get("noise"):
+            out.extend(noise_table(name, cells, ds["noise"]))
+    return "\n".join(out)
+
+
+def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
+    out = []
+    n = max(c["n_test"] for c in cells)
+    out.append(f"### {name} — VRMSE of the point estimate (mean ± std over {n} test trajectories)\n")
+    heads = [f"ρ={c['rho']:.0%}, setting {c['setting']}" for c in cells]
+    out.append("| method | " + " | ".join(heads) + " |")
+    out.append("|---" * (len(cells) + 1) + "|")
+    for m in ORDER:
+        if any(m in c["methods"] for c in cells):
+            out.append(f"| {LABELS[m]} | " + " | ".join(_pm(c["methods"].get(m)) for c in cells) + " |")
+    for variant in ("mpdps", "mpdps_fitted"):
+        gains = []
         for c in cells:
-            mp = min((c["methods"][v] for v in ("mpdps", "mpdps_fitted") if v in c["methods"]),
-                     key=lambda d: d["vrmse"]["mean"], default=None)
-            classical = [c["methods"][k]["vrmse"]["mean"] for k in ("kriging", "linear") if k in c["methods"]]
-            if mp and classical:
-                best.append(f"{100 * (1 - mp['vrmse']['mean'] / min(classical)):.0f}%")
-        if best:
-            out.append("| best MPDPS vs best classical (kriging, linear) | " + " | ".join(best) + " |")
-        out.append("")
-        out.append(f"Uncertainty on {name} (50% / 90% coverage, CRPS in field units; `cal` = after "
-                   "`calibrate_reconstruction`):\n")
-        out.append("| method | " + " | ".join(heads) + " |")
-        out.append("|---" * (len(cells) + 1) + "|")
-        for m in ("mpdps", "mpdps_fitted", "dps", "gp", "kriging"):
-            if not any(m in c["methods"] for c in cells):
-                continue
+            mp, dp = c["methods"].get(variant), c["methods"].get("dps")
+            if mp and dp:
+                gains.append(f"{100 * (1 - mp['vrmse']['mean'] / dp['vrmse']['mean']):.0f}%")
+        if gains:
+            out.append(f"| {LABELS[variant].strip('*')} vs DPS (VRMSE reduction) | " + " | ".join(gains) + " |")
+    best = []
+    for c in cells:
+        mp = min((c["methods"][v] for v in ("mpdps", "mpdps_fitted") if v in c["methods"]),
+                 key=lambda d: d["vrmse"]["mean"], default=None)
+        classical = [c["methods"][k]["vrmse"]["mean"] for k in ("kriging", "linear") if k in c["methods"]]
+        if mp and classical:
+            best.append(f"{100 * (1 - mp['vrmse']['mean'] / min(classical)):.0f}%")
+    if best:
+        out.append("| best MPDPS vs best classical (kriging, linear) | " + " | ".join(best) + " |")
+    out.append("")
+    out.append(f"Uncertainty on {name} (50% / 90% coverage, CRPS in field units; `cal` = after "
+               "`calibrate_reconstruction`):\n")
+    out.append("| method | " + " | ".join(heads) + " |")
+    out.append("|---" * (len(cells) + 1) + "|")
+    for m in ("mpdps", "mpdps_fitted", "dps", "gp", "kriging"):
+        if not any(m in c["methods"] for c in cells):
+            continue
+        row = []
+        for c in cells:
+            d = c["methods"].get(m)
+            row.append("–" if not d else f"{_m(d, 'coverage_50')} / {_m(d, 'coverage_90')}, {_m(d, 'crps', 3)}")
+        out.append(f"| {LABELS[m]} | " + " | ".join(row) + " |")
+        if any("coverage_90_cal" in c["methods"].get(m, {}) for c in cells):
             row = []
             for c in cells:
                 d = c["methods"].get(m)
-                row.append("–" if not d else f"{_m(d, 'coverage_50')} / {_m(d, 'coverage_90')}, {_m(d, 'crps', 3)}")
-            out.append(f"| {LABELS[m]} | " + " | ".join(row) + " |")
-            if any("coverage_90_cal" in c["methods"].get(m, {}) for c in cells):
-                row = []
-                for c in cells:
-                    d = c["methods"].get(m)
-                    row.append("–" if not d or "coverage_90_cal" not in d else
-                               f"{_m(d, 'coverage_50_cal')} / {_m(d, 'coverage_90_cal')}, {_m(d, 'crps_cal', 3)} "
-                               f"(τ {_m(d, 'temperature', 1)})")
-                out.append(f"| {LABELS[m]} cal | " + " | ".join(row) + " |")
-        out.append("")
-        secs = []
-        for m in ("mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear"):
-            vals = [c["methods"][m]["seconds"]["mean"] for c in cells if m in c["methods"] and "seconds" in c["methods"][m]]
-            if vals:
-                secs.append(f"{LABELS[m].strip('*')} {sum(vals) / len(vals):.1f} s")
-        if secs:
-            out.append("Seconds per reconstruction (mean over cells, compilation included once per shape): "
-                       + ", ".join(secs) + ".\n")
-        if ds.get("noise"):
-            out.append(f"Noise robustness on {name} (ρ = 1%, setting 1; level = noise std / training std):\n")
-            entries = ds["noise"]
-            base = next((c for c in cells if c["setting"] == 1 and abs(c["rho"] - 0.01) < 1e-9), None)
-            if base is not None:
-                entries = [{"noise": "gaussian", "level": base["noise_level"], "n_test": base["n_test"],
-                            "methods": base["methods"]}, *entries]
-            heads = [f"{e['noise']} {e['level']:g}" for e in entries]
-            out.append("| method | " + " | ".join(heads) + " |")
-            out.append("|---" * (len(entries) + 1) + "|")
-            for m in ORDER:
-                if any(m in e["methods"] for e in entries):
-                    out.append(f"| {LABELS[m]} | " + " | ".join(_pm(e["methods"].get(m)) for e in entries) + " |")
-            out.append("")
-    return "\n".join(out)
+                row.append("–" if not d or "coverage_90_cal" not in d else
+                           f"{_m(d, 'coverage_50_cal')} / {_m(d, 'coverage_90_cal')}, {_m(d, 'crps_cal', 3)} "
+                           f"(τ {_m(d, 'temperature', 1)})")
+            out.append(f"| {LABELS[m]} cal | " + " | ".join(row) + " |")
+    out.append("")
+    secs = []
+    for m in ("mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear"):
+        vals = [c["methods"][m]["seconds"]["mean"] for c in cells if m in c["methods"] and "seconds" in c["methods"][m]]
+        if vals:
+            secs.append(f"{LABELS[m].strip('*')} {sum(vals) / len(vals):.1f} s")
+    if secs:
+        out.append("Seconds per reconstruction (mean over cells, compilation included once per shape): "
+                   + ", ".join(secs) + ".\n")
+    return out
+
+
+def noise_table(name: str, cells: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[str]:
+    out = []
+    n = max(e["n_test"] for e in entries)
+    out.append(f"Noise robustness on {name} (ρ = 1%, setting 1; level = noise std / training std; "
+               f"{n} test trajectories):\n")
+    base = next((c for c in cells if c["setting"] == 1 and abs(c["rho"] - 0.01) < 1e-9), None)
+    if base is not None:
+        entries = [{"noise": "gaussian", "level": base["noise_level"], "n_test": base["n_test"],
+                    "methods": base["methods"]}, *entries]
+    heads = [f"{e['noise']} {e['level']:g}" for e in entries]
+    out.append("| method | " + " | ".join(heads) + " |")
+    out.append("|---" * (len(entries) + 1) + "|")
+    for m in ORDER:
+        if any(m in e["methods"] for e in entries):
+            out.append(f"| {LABELS[m]} | " + " | ".join(_pm(e["methods"].get(m)) for e in entries) + " |")
+    out.append("")
+    return out
 
 
 def speed_tables(res: dict[str, Any]) -> str:

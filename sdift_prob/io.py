@@ -21,6 +21,14 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise InputError(f"{path}: the folder {path.parent} does not exist")
 
 
+def _umask_mode(base: int) -> int:
+    """`base` less the process umask: the mode a plain `open`/`mkdir` would have given
+    (`mkstemp`/`mkdtemp` create private 0600/0700 entries)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`.
@@ -37,6 +45,7 @@ def atomic_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -55,6 +64,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode(0o777))
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
