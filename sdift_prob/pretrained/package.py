@@ -84,7 +84,7 @@ def model_card(name: str, manifest: dict, data, test_index: int, rho: float, noi
         f"- simulator `{data.attrs.get('simulator', name)}`, seed {data.attrs.get('seed', 0)}, "
         f"{data.sizes['trajectory']} trajectories ({int((data.split.values == 'train').sum())} train, "
         f"{int((data.split.values == 'test').sum())} test), grid "
-        + " x ".join(f"{d} {data.sizes[d]}" for d in data["field"].dims[1:]) + f", units `{units}`",
+        + ", ".join(f"{d} {data.sizes[d]}" for d in data["field"].dims[1:]) + f", units `{units}`",
         f"- parameters: `{data.attrs.get('parameters', '')}`",
         "",
         "## Functional Tucker model",
