@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     ds = SIMULATORS[name](args.n, seed=args.seed, n_test=args.n_test, progress=not args.no_progress, **kwargs)
     save_fields(ds, out, overwrite=args.overwrite)
     split = ds.coords["split"].values.astype(str)
-    shape = " x ".join(f"{d} {ds.sizes[d]}" for d in ds["field"].dims[1:])
+    shape = ", ".join(f"{d} {ds.sizes[d]}" for d in ds["field"].dims[1:])
     print(f"wrote {ds.sizes['trajectory']} {name} trajectories ({int((split == 'train').sum())} train, "
           f"{int((split == 'test').sum())} test; {shape}; {ds.attrs['units']}) to {out}")
     return 0
