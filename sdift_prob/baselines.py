@@ -255,6 +255,10 @@ def _unwrap_float(x: Any) -> float:
     return float(np.asarray(leaf))
 
 
+# (lengthscale on the unit cube, noise std in units of the data std) tried in turn
+_KRIGING_STARTS = ((0.2, 0.3), (0.5, 0.5), (1.0, 1.0))
+
+
 def fit_kriging(
     obs: ObservationSet,
     *,
@@ -303,18 +307,26 @@ def fit_kriging(
     fit_idx = np.sort(np.asarray(jax.random.permutation(k_fit, n))[: min(n, n_fit)])
 
     with jax.enable_x64(True):
-        init_ls = np.full(n_dims, 0.2)
-        prior = gpx.gps.Prior(mean_function=gpx.mean_functions.Constant(),
-                              kernel=_product_kernel(kernel, n_dims, init_ls, 1.0))
-        model = prior * gpx.likelihoods.Gaussian(obs_stddev=0.3)
         data_fit = gpx.Dataset(X=jnp.asarray(x[fit_idx]), y=jnp.asarray(y[fit_idx, None]))
-        model, history = gpx.fit_scipy(
-            model=model, objective=lambda m, d: -gpx.objectives.conjugate_mll(m, d), train_data=data_fit,
-            max_iters=int(max_iters), verbose=False,
-        )
-        lml = -float(np.asarray(history)[-1])
-        if not math.isfinite(lml):
-            raise InputError("obs: the kriging marginal likelihood is not finite; check the observation values")
+        # L-BFGS can step into a region where the Cholesky factorisation fails (seen with heavy-
+        # tailed Laplace noise): the fit is then restarted from a smoother, noisier start; the
+        # first start that ends with a finite marginal likelihood is kept.
+        model, lml = None, -math.inf
+        for init_ls, init_noise in _KRIGING_STARTS:
+            prior = gpx.gps.Prior(mean_function=gpx.mean_functions.Constant(),
+                                  kernel=_product_kernel(kernel, n_dims, np.full(n_dims, init_ls), 1.0))
+            fitted, history = gpx.fit_scipy(
+                model=prior * gpx.likelihoods.Gaussian(obs_stddev=init_noise),
+                objective=lambda m, d: -gpx.objectives.conjugate_mll(m, d), train_data=data_fit,
+                max_iters=int(max_iters), verbose=False,
+            )
+            value = -float(np.asarray(history)[-1])
+            if math.isfinite(value):
+                model, lml = fitted, value
+                break
+        if model is None:
+            raise InputError("obs: the kriging marginal likelihood is not finite from any starting point; "
+                             "check the observation values")
         data = gpx.Dataset(X=jnp.asarray(x), y=jnp.asarray(y[:, None]))
         if n <= max_exact:
             posterior = model.condition(data)

@@ -143,3 +143,32 @@ def test_kriging_grid_mean_uses_separability_exactly(smooth_problem, rbf_model):
     m_pts, s_pts = rbf_model.predict(np.tile(pts, (3, 1)), np.repeat(times, len(pts)))
     np.testing.assert_allclose(mean.ravel(), m_pts, rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(std.ravel(), s_pts, rtol=1e-8, atol=1e-8)
+
+
+def test_kriging_restarts_when_the_optimiser_ends_in_a_non_finite_region(smooth_problem, monkeypatch):
+    """L-BFGS can end where the Cholesky factorisation fails (seen on ocean data with Laplace
+    noise 0.3): the fit restarts from the next start instead of giving up."""
+    import gpjax as gpx
+
+    import sdift_prob.baselines as baselines
+
+    obs, field, _ = smooth_problem
+    real_fit, starts = gpx.fit_scipy, []
+
+    def first_start_fails(*, model, **kw):
+        starts.append(float(np.asarray(model.likelihood.obs_stddev.unwrap()
+                                       if hasattr(model.likelihood.obs_stddev, "unwrap")
+                                       else model.likelihood.obs_stddev)))
+        fitted, history = real_fit(model=model, **kw)
+        return (fitted, np.full_like(np.asarray(history), np.nan)) if len(starts) == 1 else (fitted, history)
+
+    monkeypatch.setattr(gpx, "fit_scipy", first_start_fails)
+    model = fit_kriging(obs, key=jax.random.key(0))
+    np.testing.assert_allclose(starts, [s[1] for s in baselines._KRIGING_STARTS[:2]])
+    assert np.isfinite(model.log_marginal_likelihood)
+    mean, std = model.predict(obs.coords, obs.time)
+    assert np.sqrt(np.mean((mean - field(obs.coords, obs.time)) ** 2)) < 0.1
+
+    monkeypatch.setattr(gpx, "fit_scipy", lambda *, model, **kw: (model, np.array([np.nan])))
+    with pytest.raises(InputError, match="not finite from any starting point"):
+        fit_kriging(obs, key=jax.random.key(0))
