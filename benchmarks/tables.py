@@ -37,16 +37,21 @@ def accuracy_tables(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _vrmse_rows(heads: list[str], columns: list[dict[str, Any]]) -> list[str]:
+    """Header and one VRMSE row per method present in any column (a cell or a noise entry)."""
+    out = ["| method | " + " | ".join(heads) + " |", "|---" * (len(columns) + 1) + "|"]
+    for m in ORDER:
+        if any(m in c["methods"] for c in columns):
+            out.append(f"| {LABELS[m]} | " + " | ".join(_pm(c["methods"].get(m)) for c in columns) + " |")
+    return out
+
+
 def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
     out = []
     n = max(c["n_test"] for c in cells)
     out.append(f"### {name} — VRMSE of the point estimate (mean ± std over {n} test trajectories)\n")
     heads = [f"ρ={c['rho']:.0%}, setting {c['setting']}" for c in cells]
-    out.append("| method | " + " | ".join(heads) + " |")
-    out.append("|---" * (len(cells) + 1) + "|")
-    for m in ORDER:
-        if any(m in c["methods"] for c in cells):
-            out.append(f"| {LABELS[m]} | " + " | ".join(_pm(c["methods"].get(m)) for c in cells) + " |")
+    out.extend(_vrmse_rows(heads, cells))
     for variant in ("mpdps", "mpdps_fitted"):
         gains = []
         for c in cells:
@@ -106,12 +111,7 @@ def noise_table(name: str, cells: list[dict[str, Any]], entries: list[dict[str, 
     if base is not None:
         entries = [{"noise": "gaussian", "level": base["noise_level"], "n_test": base["n_test"],
                     "methods": base["methods"]}, *entries]
-    heads = [f"{e['noise']} {e['level']:g}" for e in entries]
-    out.append("| method | " + " | ".join(heads) + " |")
-    out.append("|---" * (len(entries) + 1) + "|")
-    for m in ORDER:
-        if any(m in e["methods"] for e in entries):
-            out.append(f"| {LABELS[m]} | " + " | ".join(_pm(e["methods"].get(m)) for e in entries) + " |")
+    out.extend(_vrmse_rows([f"{e['noise']} {e['level']:g}" for e in entries], entries))
     out.append("")
     return out
 
