@@ -48,6 +48,7 @@ __all__ = [
 LIKELIHOODS = ("gaussian", "laplace", "student_t", "poisson")
 # Smallest Poisson rate: keeps log λ finite when the predicted mean falls to or below the offset.
 POISSON_RATE_FLOOR = 1e-6
+POISSON_COUNT_TOLERANCE = 1e-3
 
 
 class PoissonExcess(dist.Distribution):
@@ -224,7 +225,9 @@ def check_observation_inputs(
             i, j = (int(a[0]) for a in np.nonzero(bad))
             raise bad_input("sigma", "positive finite noise levels", f"sigma at [{i}, {j}] = {s[i, j]}")
     if likelihood == "poisson":
-        below = m & (v < poisson_offset)
+        # Counts below zero are bad data; a value a rounding step under the offset (float32
+        # normalisation of a count-0 point) is count 0.
+        below = m & ((v - poisson_offset) / poisson_scale < -POISSON_COUNT_TOLERANCE)
         if below.any():
             i, j = (int(a[0]) for a in np.nonzero(below))
             raise bad_input(

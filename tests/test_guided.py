@@ -218,6 +218,49 @@ def test_messages_equal_an_explicit_loop():
     assert np.all(dps[[1, 3]] == 0)
 
 
+def test_poisson_messages_use_the_gaussian_approximation_at_the_observed_count():
+    # Regression: a GP prediction with a rate near zero under a large count made the exact
+    # Poisson message score ~ k/(s λ) explode (ocean benchmark, MPDPS VRMSE 0.06 -> 1.0). The
+    # message must be the Gaussian approximation at the observed count, w = 1/(s² max(k, 1)),
+    # wherever the exact IRLS weight 1/(s² λ) exceeds it; the own term stays exact Poisson.
+    M, D, s, m, lam = 4, 3, 0.5, 0.2, 0.4
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(M, 1, D))
+    W = rng.normal(size=(M, D))
+    t = np.linspace(0, 1, M)
+    k = np.array([50.0, 3.0, 0.0, 7.0])
+
+    def problem(o):
+        cfg = GuidedConfig(method="mpdps", lam=lam, likelihood="poisson", message_kernel=TemporalKernel("rbf", 0.3),
+                           likelihood_params={"poisson_offset": float(o), "poisson_scale": s})
+        padded = make_padded((o + s * k)[:, None], np.ones((M, 1), bool), times=t)
+        return cfg, prepare(A, padded, core_mean=m, core_std=1.0, times_norm=t, noise_chol=np.eye(M), config=cfg)
+
+    C = np.asarray(problem(0.0)[1].loo, np.float64)  # the weights do not depend on the data
+    u_gp = np.einsum("mpd,md->mp", A, m + C @ (W - m))[:, 0]
+    u_own = np.einsum("mpd,md->mp", A, W)[:, 0]
+    o = u_gp[0] - 1e-4 * s  # frame 0's message predicts a rate of 1e-4 under 50 counts
+    assert np.all(u_gp > o) and np.all(u_own > o)  # no rate at its floor (seed chosen for it)
+    y = o + s * k
+    cfg, prob = problem(o)
+    g, w_own, _ = eqx.filter_jit(guided._guidance_terms)(jnp.asarray(W, jnp.float32), jnp.asarray(1.0), prob, cfg)
+
+    def exact(u):  # d/du log Poisson(k | (u - o)/s) and its IRLS weight score / (y - u)
+        lam_ = (u - o) / s
+        score = (k / lam_ - 1) / s
+        return score, score / (y - u)
+
+    own_score, own_w = exact(u_own)
+    gp_score, gp_w = exact(u_gp)
+    assert gp_score[0] > 1e5  # the exact message score the sampler must not use
+    w_msg = np.minimum(gp_w, 1 / (s**2 * np.maximum(k, 1)))
+    msg_rows = A[:, 0, :] * (w_msg * (y - u_gp))[:, None]
+    expected = A[:, 0, :] * own_score[:, None] + lam * C.T @ msg_rows
+    np.testing.assert_allclose(np.asarray(g), expected, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(w_own)[:, 0], own_w, rtol=2e-3)
+    assert np.abs(np.asarray(g)).max() < 1e3
+
+
 def test_mpdps_beats_dps_when_observations_are_interlaced():
     # The truth is smooth in time but the denoiser treats frames independently; every other
     # frame is unobserved. DPS leaves those at the prior; MPDPS messages carry the evidence.
