@@ -73,6 +73,7 @@ class Suite:
     datasets: tuple[str, ...]
     n_test: int
     draws: int
+    first_test: int = 0  # main table: skip this many test trajectories (to extend a run; benchmarks.merge)
     rho: tuple[float, ...] = (0.01, 0.03)
     settings: tuple[int, ...] = (1, 2)
     noise_scale: float = 0.1
@@ -221,6 +222,8 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
     std = float(run.ftm.normalizer.std)
     climatology = training_mean_field(train_part(ds))
     test_ids = np.where(ds.split.values == "test")[0]
+    if "main" in tables and suite.first_test >= test_ids.size:
+        raise SystemExit(f"--first-test {suite.first_test}: {name} has only {test_ids.size} test trajectories")
     base = jax.random.key(seed)
     result: dict[str, Any] = {"data": str(data_path), "run": str(run_dir), "provenance": provenance,
                               "training_std": std, "ftm_fit": run.provenance.get("fit", {}), "cells": [], "noise": []}
@@ -246,14 +249,16 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
     for setting in suite.settings if "main" in tables else ():
         for rho in suite.rho:
             scores = Scores()
-            for i in test_ids[: suite.n_test]:
+            ids = test_ids[suite.first_test: suite.first_test + suite.n_test]
+            for i in ids:
                 truth = select_trajectory(ds, int(i))
                 k = jax.random.fold_in(jax.random.fold_in(base, int(i)), 100 * setting + round(1000 * rho))
                 obs = sample_observations(jax.random.fold_in(k, 0), truth, rho=rho, setting=setting,
                                           noise="gaussian", noise_scale=suite.noise_scale * std)
                 one(int(i), obs, truth, scores, k, suite.noise_scale * std, "gaussian", suite.calibrate)
-            cell = {"setting": setting, "rho": rho, "n_test": int(min(suite.n_test, test_ids.size)),
-                    "noise": "gaussian", "noise_level": suite.noise_scale, "methods": scores.summary()}
+            cell = {"setting": setting, "rho": rho, "n_test": int(ids.size), "first_test": suite.first_test,
+                    "test_trajectories": [int(i) for i in ids], "noise": "gaussian",
+                    "noise_level": suite.noise_scale, "methods": scores.summary()}
             result["cells"].append(cell)
             if on_cell is not None:
                 on_cell(result)
@@ -265,15 +270,16 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
             if noise == "gaussian" and level == suite.noise_scale:
                 continue  # the first table's setting-1, rho-1% cell
             scores = Scores()
-            for i in test_ids[: suite.n_test_noise]:
+            ids = test_ids[: suite.n_test_noise]
+            for i in ids:
                 truth = select_trajectory(ds, int(i))
                 k = jax.random.fold_in(jax.random.fold_in(base, int(i)), 7000 + round(100 * level))
                 scale = _poisson_scale(truth.values, level * std) if noise == "poisson" else level * std
                 obs = sample_observations(jax.random.fold_in(k, 0), truth, rho=0.01, setting=1, noise=noise,
                                           noise_scale=scale)
                 one(int(i), obs, truth, scores, k, level * std, NOISE_LIKELIHOOD[noise], False)
-            entry = {"noise": noise, "level": level, "rho": 0.01, "setting": 1,
-                     "n_test": int(min(suite.n_test_noise, test_ids.size)), "methods": scores.summary()}
+            entry = {"noise": noise, "level": level, "rho": 0.01, "setting": 1, "n_test": int(ids.size),
+                     "test_trajectories": [int(i) for i in ids], "methods": scores.summary()}
             result["noise"].append(entry)
             if on_cell is not None:
                 on_cell(result)
@@ -296,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", help="subset of the suite's datasets")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--n-test", type=int, help="override the suite's number of test trajectories")
+    p.add_argument("--first-test", type=int, default=0,
+                   help="main table: start at this test trajectory (0-based), to extend an earlier run; "
+                        "combine the files with python -m benchmarks.merge")
     p.add_argument("--n-test-noise", type=int, help="override the noise table's number of test trajectories")
     p.add_argument("--draws", type=int, help="override the suite's number of posterior draws")
     p.add_argument("--rho", type=float, nargs="+", help="override the suite's observation ratios")
@@ -310,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     if args.datasets:
         overrides["datasets"] = tuple(args.datasets)
+    if args.first_test < 0:
+        p.error(f"--first-test: expected a non-negative index, got {args.first_test}")
+    overrides["first_test"] = args.first_test
     for field in ("n_test", "n_test_noise", "draws"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)

@@ -48,9 +48,11 @@ def _vrmse_rows(heads: list[str], columns: list[dict[str, Any]]) -> list[str]:
 
 def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
     out = []
-    n = max(c["n_test"] for c in cells)
-    out.append(f"### {name} — VRMSE of the point estimate (mean ± std over {n} test trajectories)\n")
-    heads = [f"ρ={c['rho']:.0%}, setting {c['setting']}" for c in cells]
+    ns = sorted({c["n_test"] for c in cells})
+    over = f"{ns[0]} test trajectories" if len(ns) == 1 else "n test trajectories, per column"
+    out.append(f"### {name} — VRMSE of the point estimate (mean ± std over {over})\n")
+    heads = [f"ρ={c['rho']:.0%}, setting {c['setting']}" + ("" if len(ns) == 1 else f" (n={c['n_test']})")
+             for c in cells]
     out.extend(_vrmse_rows(heads, cells))
     for variant in ("mpdps", "mpdps_fitted"):
         gains = []
