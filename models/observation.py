@@ -48,6 +48,7 @@ __all__ = [
 LIKELIHOODS = ("gaussian", "laplace", "student_t", "poisson")
 # Smallest Poisson rate: keeps log λ finite when the predicted mean falls to or below the offset.
 POISSON_RATE_FLOOR = 1e-6
+# A value this many counts below the offset is count 0 rounded, not bad data.
 POISSON_COUNT_TOLERANCE = 1e-3
 
 
