@@ -37,15 +37,21 @@ def _noise_key(entry: dict[str, Any]) -> tuple[Any, ...]:
 def _merge_pieces(pieces: list[dict[str, Any]], what: str) -> dict[str, Any]:
     """One cell from pieces covering disjoint test-trajectory ranges (ordered by first index)."""
     pieces = sorted(pieces, key=lambda c: c.get("first_test", 0))
-    end = 0
+    end = pieces[0].get("first_test", 0)
     for c in pieces:
         start = c.get("first_test", 0)
         if start < end:
             raise SystemExit(f"{what}: test trajectories {start}..{start + c['n_test'] - 1} overlap an earlier file")
+        if start > end:  # first_test + n_test must keep describing which trajectories the cell holds
+            raise SystemExit(f"{what}: test trajectories {end}..{start - 1} are in none of the files")
         end = start + c["n_test"]
     methods = [set(c["methods"]) for c in pieces]
     if any(m != methods[0] for m in methods):
         raise SystemExit(f"{what}: the files scored different methods ({[sorted(m) for m in methods]})")
+    for m in methods[0]:
+        figures = [sorted(c["methods"][m]) for c in pieces]
+        if any(f != figures[0] for f in figures):
+            raise SystemExit(f"{what}: the files hold different figures for {m} ({figures})")
     merged = {k: v for k, v in pieces[0].items() if k not in ("methods", "n_test", "test_trajectories")}
     merged["first_test"] = pieces[0].get("first_test", 0)
     merged["n_test"] = sum(c["n_test"] for c in pieces)
@@ -53,9 +59,8 @@ def _merge_pieces(pieces: list[dict[str, Any]], what: str) -> dict[str, Any]:
         merged["test_trajectories"] = [i for c in pieces for i in c["test_trajectories"]]
     merged["methods"] = {}
     for m in pieces[0]["methods"]:
-        figures = [set(c["methods"][m]) for c in pieces]
         merged["methods"][m] = {}
-        for fig in sorted(set.intersection(*figures)):
+        for fig in pieces[0]["methods"][m]:
             values = [v for c in pieces for v in c["methods"][m][fig]["values"]]
             mean, std = summarise(np.asarray(values))
             merged["methods"][m][fig] = {"mean": mean, "std": std, "values": values}
@@ -72,10 +77,12 @@ def merge(results: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
                 raise SystemExit(f"{src}: config {k} = {r['config'].get(k)!r} differs from "
                                  f"{sources[0]}'s {first['config'].get(k)!r}")
     out: dict[str, Any] = {
-        "suite": first["suite"], "config": first["config"], "seed": first["seed"],
+        # Only the settings every piece shares; each piece's own config is kept in merged_from.
+        "suite": first["suite"], "config": {k: first["config"].get(k) for k in _SHARED_CONFIG},
+        "seed": first["seed"],
         "methods": sorted({m for r in results for m in r["methods"]}), "machine": first["machine"],
         "datasets": {}, "merged_from": [
-            {"file": s, "command": r.get("command"), "wall_time_s": r.get("wall_time_s")}
+            {"file": s, "command": r.get("command"), "config": r["config"], "wall_time_s": r.get("wall_time_s")}
             for r, s in zip(results, sources)],
         "wall_time_s": float(sum(r.get("wall_time_s", 0.0) for r in results)),
     }

@@ -554,7 +554,6 @@ def _frame_terms(
     pad = problem.padded
     u = jnp.einsum("mpd,md->mp", problem.design, W)
     score = jnp.where(pad.mask, _point_scores(u, sigma_y, problem, config), 0.0)
-    g = jnp.einsum("mpd,mp->md", problem.design, score)
     fisher = problem.unit_fisher / sigma_y**2 if config.scalar_sigma else problem.unit_fisher
     r = pad.values - u
     tiny = jnp.finfo(u.dtype).tiny ** 0.5
@@ -562,12 +561,13 @@ def _frame_terms(
     # IRLS weight: for robust likelihoods far from the data it is far below the Fisher
     # information, so the step is a weighted least-squares move towards the data instead of a
     # bounded Fisher-scoring step of size ~σ_y. Capped at the Fisher information where the
-    # weight grows without bound near r = 0 (Laplace); Poisson's weight is its Fisher information
-    # at the current mean, 1/(s² λ), and needs no cap.
+    # weight grows without bound near r = 0 (Laplace); Poisson's own weight is its Fisher
+    # information at the current mean, 1/(s² λ), and is not capped.
     w = jnp.maximum(jnp.where(jnp.abs(r) > tiny, score / safe_r, fisher), 0.0)
-    if config.likelihood != "poisson":
+    poisson_message = config.likelihood == "poisson" and message
+    if config.likelihood != "poisson" or poisson_message:
         w = jnp.minimum(w, fisher)
-    elif message:
+    if poisson_message:
         # A GP prediction from the other frames can put a rate near zero under a large count,
         # where score and weight grow like 1/λ: the message step then leaves the span the
         # frame's own Gram preconditions and blows up (ocean, 1% points, VRMSE 0.06 -> 1.0).
@@ -575,9 +575,8 @@ def _frame_terms(
         # at the Fisher information there, score = weight x residual); far above the data the
         # exact weight 1/(s² λ) is smaller and is kept. The own term stays exact Poisson: its
         # prediction is the denoiser's estimate of the frame itself.
-        w = jnp.minimum(w, fisher)
         score = jnp.where(pad.mask, w * r, 0.0)
-        g = jnp.einsum("mpd,mp->md", problem.design, score)
+    g = jnp.einsum("mpd,mp->md", problem.design, score)
     return g, jnp.where(pad.mask, w, 0.0)
 
 

@@ -285,10 +285,10 @@ def reconstruct(
         if "poisson_offset" not in attrs or scale is None:
             raise bad_input("obs.attrs", "poisson_offset and the Poisson scale (physical) for likelihood='poisson'",
                             sorted(attrs))
-        # Rounded as the padded values are (float32 inside the sampler), so that a point at
-        # the offset compares equal to it instead of one rounding step below.
+        # A count-0 point normalised in float32 may land a rounding step below the offset; the
+        # observation model's input check allows that (POISSON_COUNT_TOLERANCE).
         like_params = {
-            "poisson_offset": float(np.float32(normalizer.forward(float(attrs["poisson_offset"])))),
+            "poisson_offset": float(normalizer.forward(float(attrs["poisson_offset"]))),
             "poisson_scale": float(scale) / normalizer.std,
         }
         sigma_y, infer_sigma = None, False

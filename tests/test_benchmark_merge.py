@@ -40,6 +40,7 @@ def test_pieces_concatenate_in_trajectory_order_and_cells_are_sorted(tmp_path):
     assert v["mean"] == pytest.approx(0.3) and v["std"] == pytest.approx(np.std([0.1, 0.2, 0.3, 0.4, 0.5]))
     assert cells[0]["test_trajectories"] == [0, 1, 2, 3, 4]
     assert [s["command"] for s in merged["merged_from"]] == ["second", "first"]
+    assert merged["config"] == {"draws": 8, "noise_scale": 0.1, "source": "bundle"}
     md = tables.accuracy_tables(merged)
     assert "n test trajectories, per column" in md and "ρ=1%, setting 1 (n=5)" in md
 
@@ -52,3 +53,9 @@ def test_overlapping_or_incompatible_pieces_are_refused():
         merge.merge([a, _result([_cell(1, 0.01, 2, [0.3])], seed=1)], ["a", "b"])
     with pytest.raises(SystemExit, match="another run"):
         merge.merge([a, _result([_cell(1, 0.01, 2, [0.3])], run="other")], ["a", "b"])
+    with pytest.raises(SystemExit, match=r"test trajectories 2\.\.2 are in none of the files"):
+        merge.merge([a, _result([_cell(1, 0.01, 3, [0.3])])], ["a", "b"])
+    other = _result([_cell(1, 0.01, 2, [0.3])])
+    other["datasets"]["fluid2d"]["cells"][0]["methods"]["dps"]["crps"] = {"mean": 1.0, "std": 0.0, "values": [1.0]}
+    with pytest.raises(SystemExit, match="different figures for dps"):
+        merge.merge([a, other], ["a", "b"])

@@ -166,6 +166,28 @@ def test_values_far_outside_the_training_range_are_refused_before_sampling(pipel
         reconstruct(open_run(pipeline["run_dir"]), wild, key=jax.random.key(0), sampler=sampler, draws=2, sigma=0.5)
 
 
+def test_poisson_counts_at_the_offset_reconstruct_end_to_end(pipeline):
+    # Count 0 (a value exactly at the recorded offset) is valid Poisson data; normalised in
+    # float32 for the sampler and in float64 for the report it lands a rounding step either side
+    # of the offset, which the input checks refused before (in the report, after sampling).
+    truth, run = pipeline["truth"], open_run(pipeline["run_dir"])
+    level = 0.1 * run.ftm.normalizer.std
+    scale = level**2 / float(np.mean(truth.values - truth.values.min()))
+    obs = sample_observations(jax.random.key(4), truth, rho=0.1, setting=1, noise="poisson", noise_scale=scale)
+    value = obs.value.copy()
+    value[np.argmin(value)] = obs.attrs["poisson_offset"]
+    counts = ObservationSet(value=value, time=obs.time, coords=obs.coords, space_dims=obs.space_dims,
+                            noise_scale=obs.noise_scale, noise_model=obs.noise_model, attrs=obs.attrs)
+    idata = reconstruct(run, counts, key=jax.random.key(3), sampler="mpdps", draws=2, likelihood="poisson")
+    assert np.isfinite(idata.posterior["field"].values).all()
+    assert np.isfinite(idata.log_likelihood["y"].values).all()
+    value[np.argmin(value)] -= scale  # a whole count below the offset is still bad data
+    bad = ObservationSet(value=value, time=obs.time, coords=obs.coords, space_dims=obs.space_dims,
+                         noise_scale=obs.noise_scale, noise_model=obs.noise_model, attrs=obs.attrs)
+    with pytest.raises(InputError, match="poisson_offset"):
+        reconstruct(run, bad, key=jax.random.key(3), sampler="mpdps", draws=2, likelihood="poisson")
+
+
 def test_shipped_prior_mpdps_beats_dps_on_interlaced_observations():
     """Setting 2 (every other time stamp observed) with the shipped, trained ocean prior: DPS leaves
     the empty time stamps to the prior; MPDPS's messages reconstruct them (measured 0.076 vs 0.115)."""
