@@ -1,7 +1,13 @@
 """Accuracy suite: the paper's protocol at CPU scale, against classical baselines.
 
-    python -m benchmarks.accuracy --suite quick --out benchmarks/results/accuracy_quick.json
-    python -m benchmarks.accuracy --suite full  --out benchmarks/results/accuracy_full.json
+    python -m benchmarks.accuracy --suite quick --jobs 2 --out benchmarks/results/accuracy_quick.json
+    python -m benchmarks.accuracy --suite full  --jobs 2 --out benchmarks/results/accuracy_full.json
+
+`--jobs N` runs the work as N worker processes, each pinned to its own core (XLA on the CPU
+gains little from a second thread on these small convolutions; two pinned processes nearly
+double the throughput). The units are the main table's cells and each dataset's noise table;
+every figure depends only on the seed and the trajectory index, so the merged file holds
+the figures a one-process run writes (`tests/test_benchmark_accuracy.py`).
 
 Suites:
 
@@ -43,8 +49,11 @@ import json
 import os
 import platform
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,16 +109,28 @@ def _sdift() -> str:
     return str(exe) if exe.exists() else "sdift"
 
 
-def prepare(name: str, suite: Suite, workdir: Path) -> tuple[Path, Path, dict[str, Any]]:
-    """`(data.nc, run_dir, provenance)` for dataset `name`: simulate/train what is missing."""
+def _pinned(cpu: int | None) -> Any:
+    """`preexec_fn` that pins a child process to one CPU (None: leave it free)."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def prepare(name: str, suite: Suite, workdir: Path, cpu: int | None = None) -> tuple[Path, Path, dict[str, Any]]:
+    """`(data.nc, run_dir, provenance)` for dataset `name`: simulate/train what is missing
+    (the stages' processes pinned to `cpu` when given)."""
     work = workdir / name
     work.mkdir(parents=True, exist_ok=True)
     steps = commands(name, work, sdift=_sdift())
     timings: dict[str, float] = {}
     data = work / "data.nc"
+
+    def run(argv: list[str]) -> None:
+        subprocess.run(argv + ["--no-progress"], check=True, preexec_fn=_pinned(cpu))
+
     if not data.exists():
         t0 = time.perf_counter()
-        subprocess.run(steps[0] + ["--no-progress"], check=True)
+        run(steps[0])
         timings["simulate_s"] = time.perf_counter() - t0
     if suite.source == "bundle":
         if name not in pretrained.NAMES or not pretrained.available(name):
@@ -118,11 +139,11 @@ def prepare(name: str, suite: Suite, workdir: Path) -> tuple[Path, Path, dict[st
     run_dir = work / "run"
     if not (run_dir / "manifest.json").exists():
         t0 = time.perf_counter()
-        subprocess.run(steps[1] + ["--no-progress"], check=True)
+        run(steps[1])
         timings["fit_ftm_s"] = time.perf_counter() - t0
     if "prior" not in json.loads((run_dir / "manifest.json").read_text()).get("sections", {}):
         t0 = time.perf_counter()
-        subprocess.run(steps[2] + ["--no-progress"], check=True)  # resumes from its checkpoint
+        run(steps[2])  # resumes from its checkpoint
         timings["train_prior_s"] = time.perf_counter() - t0
     return data, run_dir, {"source": "trained in the workdir", "commands": [" ".join(s) for s in steps], **timings}
 
@@ -288,13 +309,136 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
     return result
 
 
+# ----------------------------------------------------------------------------------------------
+# Parallel runs: one worker process per CPU core
+
+
+# Relative cost of one test trajectory in one cell (guided sampling dominates; measured on one
+# core: ocean ≈ 1 min, fluid2d and field3d ≈ 8 min). Only the order of the work queue uses it.
+_COST = {"ocean": 1.0, "fluid2d": 8.0, "field3d": 8.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One worker's share: a main-table cell of one dataset, or a dataset's noise table."""
+
+    dataset: str
+    table: str  # "main" or "noise"
+    setting: int | None = None
+    rho: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.table == "noise":
+            return f"{self.dataset}-noise"
+        return f"{self.dataset}-s{self.setting}-rho{self.rho:g}"
+
+    def cost(self, suite: Suite) -> float:
+        if self.table == "noise":
+            entries = len(suite.noise_models) * len(suite.noise_levels) - (
+                "gaussian" in suite.noise_models and suite.noise_scale in suite.noise_levels)
+            return _COST.get(self.dataset, 8.0) * suite.n_test_noise * entries
+        return _COST.get(self.dataset, 8.0) * suite.n_test
+
+
+def plan_units(suite: Suite, tables: tuple[str, ...]) -> list[Unit]:
+    """The suite's work as independent units, costliest first (longest-first list scheduling:
+    with a free worker taking the next unit, the run ends close to the ideal split)."""
+    units = []
+    for name in suite.datasets:
+        if "main" in tables:
+            units += [Unit(name, "main", s, r) for s in suite.settings for r in suite.rho]
+        if "noise" in tables and name in suite.noise_datasets and suite.noise_models:
+            units.append(Unit(name, "noise"))
+    return sorted(units, key=lambda u: -u.cost(suite))
+
+
+def unit_argv(unit: Unit, suite_name: str, suite: Suite, *, workdir: str, seed: int, methods: tuple[str, ...],
+              out: str) -> list[str]:
+    """The `benchmarks.accuracy` command line that computes `unit` alone (every figure is a
+    function of the seed and the trajectory index, so a unit's cells equal the serial run's)."""
+    argv = [sys.executable, "-m", "benchmarks.accuracy", "--suite", suite_name, "--datasets", unit.dataset,
+            "--tables", unit.table, "--workdir", workdir, "--seed", str(seed), "--methods", *methods,
+            "--n-test", str(suite.n_test), "--first-test", str(suite.first_test),
+            "--n-test-noise", str(suite.n_test_noise), "--draws", str(suite.draws),
+            "--noise-levels", *(repr(v) for v in suite.noise_levels), "--out", out]
+    if unit.table == "main":
+        argv += ["--settings", str(unit.setting), "--rho", repr(unit.rho)]
+    return argv
+
+
+def run_parallel(suite_name: str, suite: Suite, *, jobs: int, workdir: Path, seed: int, methods: tuple[str, ...],
+                 tables: tuple[str, ...], log: Any) -> dict[str, Any]:
+    """Run the suite as `jobs` worker processes, each pinned to its own CPU core when there are
+    enough, and merge their files (`benchmarks.merge`). Data and runs are prepared first, one
+    dataset per worker, so that no two workers simulate or train the same thing."""
+    from benchmarks.merge import merge
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    slot_cpu = [cpus[k] if jobs <= len(cpus) else None for k in range(jobs)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        prepared = dict(zip(suite.datasets, pool.map(
+            lambda kn: prepare(kn[1], suite, workdir, slot_cpu[kn[0] % jobs])[2], enumerate(suite.datasets))))
+    log(f"data and runs ready ({time.perf_counter() - t0:.0f} s)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    parts = Path(tempfile.mkdtemp(prefix="accuracy-parts-", dir=workdir))
+    queue = plan_units(suite, tables)
+    running: dict[int, tuple[Unit, subprocess.Popen[bytes], Any, float]] = {}
+    done: list[tuple[Unit, Path]] = []
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    try:
+        while queue or running:
+            for slot in range(jobs):
+                if slot not in running and queue:
+                    unit = queue.pop(0)
+                    out = parts / f"{unit.label}.json"
+                    logf = open(parts / f"{unit.label}.log", "wb")
+                    argv = unit_argv(unit, suite_name, suite, workdir=str(workdir), seed=seed, methods=methods,
+                                     out=str(out))
+                    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                            preexec_fn=_pinned(slot_cpu[slot]))
+                    running[slot] = (unit, proc, logf, time.perf_counter())
+                    where = f"cpu {slot_cpu[slot]}" if slot_cpu[slot] is not None else f"worker {slot}"
+                    log(f"{unit.label}: started on {where}")
+            time.sleep(0.5)
+            for slot, (unit, proc, logf, started) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                logf.close()
+                del running[slot]
+                if proc.returncode != 0:
+                    raise SystemExit(f"{unit.label} failed (exit {proc.returncode}); its log: "
+                                     f"{parts / (unit.label + '.log')}")
+                for line in (parts / f"{unit.label}.log").read_text().splitlines():
+                    if " rho " in line or " noise " in line:
+                        log(f"{unit.label}: {line.split('] ', 1)[-1]}")
+                log(f"{unit.label}: done in {time.perf_counter() - started:.0f} s")
+                done.append((unit, parts / f"{unit.label}.json"))
+    except BaseException:
+        for _, proc, logf, _ in running.values():
+            proc.terminate()
+            proc.wait()
+            logf.close()
+        raise
+    order = {u: k for k, u in enumerate(plan_units(suite, tables))}
+    done.sort(key=lambda d: order[d[0]])
+    pieces = [json.loads(f.read_text()) for _, f in done]
+    merged = merge(pieces, [u.label for u, _ in done])
+    for name, prov in prepared.items():
+        if name in merged["datasets"]:
+            merged["datasets"][name]["provenance"] = prov
+    shutil.rmtree(parts)
+    return merged
+
+
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=sorted(SUITES), default="quick")
     p.add_argument("--out", required=True, help="JSON file to write (atomically; replaced if it exists)")
@@ -314,7 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables", nargs="+", choices=("main", "noise"), default=["main", "noise"],
                    help="which tables to compute (to split a long run into several)")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes, one per CPU core (each cell and each noise table is a unit of "
+                        "work; the results equal a one-process run's)")
+    return p
+
+
+def suite_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Suite:
+    """The named suite with the command line's overrides."""
     suite = SUITES[args.suite]
     overrides: dict[str, Any] = {}
     if args.datasets:
@@ -330,7 +481,15 @@ def main(argv: list[str] | None = None) -> int:
             overrides[field] = tuple(getattr(args, field))
     if args.no_noise_table:
         overrides["noise_models"] = ()
-    suite = dataclasses.replace(suite, **overrides)
+    return dataclasses.replace(suite, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs: expected a positive number of worker processes, got {args.jobs}")
+    suite = suite_from_args(p, args)
     started = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -339,6 +498,17 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"suite": args.suite, "config": dataclasses.asdict(suite), "seed": args.seed,
                                "methods": list(args.methods), "machine": machine(), "datasets": {},
                                "command": " ".join(["python -m benchmarks.accuracy", *(argv or sys.argv[1:])])}
+    if args.jobs > 1:
+        merged = run_parallel(args.suite, suite, jobs=args.jobs, workdir=Path(args.workdir), seed=args.seed,
+                              methods=tuple(args.methods), tables=tuple(args.tables), log=log)
+        results["jobs"] = args.jobs
+        results["datasets"] = {n: merged["datasets"][n] for n in suite.datasets if n in merged["datasets"]}
+        results["units"] = [{"unit": m["file"], "wall_time_s": m["wall_time_s"], "command": m["command"]}
+                            for m in merged["merged_from"]]
+        results["process_time_s"] = merged["wall_time_s"]
+        _write(args.out, results, started)
+        log(f"wrote {args.out}")
+        return 0
     for name in suite.datasets:
         t0 = time.perf_counter()
         def partial(res: dict[str, Any], name: str = name) -> None:
