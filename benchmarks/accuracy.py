@@ -109,11 +109,13 @@ def _sdift() -> str:
     return str(exe) if exe.exists() else "sdift"
 
 
-def _pinned(cpu: int | None) -> Any:
-    """`preexec_fn` that pins a child process to one CPU (None: leave it free)."""
-    if cpu is None or not hasattr(os, "sched_setaffinity"):
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+def _pinned(argv: list[str], cpu: int | None) -> list[str]:
+    """`argv` run on one CPU core (`taskset`; unpinned where there is no `taskset` or `cpu` is None).
+    Pinning happens in the child's own command line: a `preexec_fn` would run Python code in a
+    forked copy of this multithreaded (JAX) process."""
+    if cpu is None or shutil.which("taskset") is None:
+        return argv
+    return ["taskset", "-c", str(cpu), *argv]
 
 
 def prepare(name: str, suite: Suite, workdir: Path, cpu: int | None = None) -> tuple[Path, Path, dict[str, Any]]:
@@ -126,7 +128,7 @@ def prepare(name: str, suite: Suite, workdir: Path, cpu: int | None = None) -> t
     data = work / "data.nc"
 
     def run(argv: list[str]) -> None:
-        subprocess.run(argv + ["--no-progress"], check=True, preexec_fn=_pinned(cpu))
+        subprocess.run(_pinned(argv + ["--no-progress"], cpu), check=True)
 
     if not data.exists():
         t0 = time.perf_counter()
@@ -396,8 +398,8 @@ def run_parallel(suite_name: str, suite: Suite, *, jobs: int, workdir: Path, see
                     logf = open(parts / f"{unit.label}.log", "wb")
                     argv = unit_argv(unit, suite_name, suite, workdir=str(workdir), seed=seed, methods=methods,
                                      out=str(out))
-                    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                            preexec_fn=_pinned(slot_cpu[slot]))
+                    proc = subprocess.Popen(_pinned(argv, slot_cpu[slot]), stdout=logf, stderr=subprocess.STDOUT,
+                                            env=env)
                     running[slot] = (unit, proc, logf, time.perf_counter())
                     where = f"cpu {slot_cpu[slot]}" if slot_cpu[slot] is not None else f"worker {slot}"
                     log(f"{unit.label}: started on {where}")

@@ -423,3 +423,20 @@ def test_train_prior_and_sample_commands(trained, toy, tmp_path):
                           "--out", str(tmp_path / "x.nc")])
     with pytest.raises(InputError, match="--times"):
         _cli(sample_cmd, ["sample", str(run_dir), "--draws", "2", "--times", "1,a", "--out", str(tmp_path / "x.nc")])
+
+
+@pytest.mark.parametrize("dims, kw", [
+    (1, dict(kernel_size=3, padding="SAME")),
+    (2, dict(kernel_size=3, padding=1)),
+    (2, dict(kernel_size=1)),
+    (2, dict(kernel_size=3, stride=2, padding=1, dilation=1, groups=2)),
+    (3, dict(kernel_size=3, padding=1, use_bias=False)),
+])
+def test_channels_last_convolution_equals_equinox(dims, kw):
+    # The U-Net computes its convolutions channels-last (fast inside the samplers' scan on the
+    # CPU); it must be the same function of the same parameters as Equinox's own call.
+    from sdift_prob.gpsd.unet import _conv
+
+    layer = eqx.nn.Conv(dims, 4, 6, key=jax.random.key(0), **kw)
+    x = jax.random.normal(jax.random.key(1), (4, *([7] * dims)))
+    np.testing.assert_allclose(np.asarray(_conv(layer, x)), np.asarray(layer(x)), rtol=1e-5, atol=1e-5)

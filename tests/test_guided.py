@@ -300,8 +300,10 @@ def test_same_key_same_draws_and_chunking_does_not_change_them(small):
     d = run(jax.random.key(3), chunk_size=2)
     assert eqx.debug.get_num_traces(guided._sample_chunk) == before + 1  # one new shape, compiled once
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(c, d)
+    # another chunk size is another vmapped batch: XLA may order its arithmetic differently
+    # (4e-6 on this project's AMD machines, bitwise on others), never other random numbers
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
     assert not np.array_equal(a, run(jax.random.key(4)))
     assert not np.array_equal(a[0], a[1])
 
