@@ -3,9 +3,9 @@
     python -m benchmarks.accuracy --suite quick --jobs 2 --out benchmarks/results/accuracy_quick.json
     python -m benchmarks.accuracy --suite full  --jobs 2 --out benchmarks/results/accuracy_full.json
 
-`--jobs N` runs the work as N worker processes, each pinned to its own core (XLA on the CPU
-gains little from a second thread on these small convolutions; two pinned processes nearly
-double the throughput). The units are the main table's cells and each dataset's noise table;
+`--jobs N` runs the work as N worker processes, each pinned to its own core (whether that
+beats one process using both cores has not been measured). The units are the main table's
+cells and each dataset's noise table;
 every figure depends only on the seed and the trajectory index, so the merged file holds
 the figures a one-process run writes (`tests/test_benchmark_accuracy.py`).
 
@@ -60,6 +60,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from benchmarks.merge import merge
 from inference.calibrate import apply_temperature
 from inference.reconstruct import calibrate_reconstruction, open_run, reconstruct
 from inference.report import evaluate
@@ -315,8 +316,9 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
 # Parallel runs: one worker process per CPU core
 
 
-# Relative cost of one test trajectory in one cell (guided sampling dominates; measured on one
-# core: ocean ≈ 1 min, fluid2d and field3d ≈ 8 min). Only the order of the work queue uses it.
+# Relative cost of one test trajectory in one cell, only to order the work queue: ocean ≈ 1 min
+# and fluid2d ≈ 7 min per trajectory and cell on one core, measured before the channels-last
+# U-Net; field3d's weight is a guess (never evaluated).
 _COST = {"ocean": 1.0, "fluid2d": 8.0, "field3d": 8.0}
 
 
@@ -374,8 +376,6 @@ def run_parallel(suite_name: str, suite: Suite, *, jobs: int, workdir: Path, see
     """Run the suite as `jobs` worker processes, each pinned to its own CPU core when there are
     enough, and merge their files (`benchmarks.merge`). Data and runs are prepared first, one
     dataset per worker, so that no two workers simulate or train the same thing."""
-    from benchmarks.merge import merge
-
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     slot_cpu = [cpus[k] if jobs <= len(cpus) else None for k in range(jobs)]
     t0 = time.perf_counter()
@@ -385,7 +385,8 @@ def run_parallel(suite_name: str, suite: Suite, *, jobs: int, workdir: Path, see
     log(f"data and runs ready ({time.perf_counter() - t0:.0f} s)")
     workdir.mkdir(parents=True, exist_ok=True)
     parts = Path(tempfile.mkdtemp(prefix="accuracy-parts-", dir=workdir))
-    queue = plan_units(suite, tables)
+    plan = plan_units(suite, tables)
+    queue = list(plan)
     running: dict[int, tuple[Unit, subprocess.Popen[bytes], Any, float]] = {}
     done: list[tuple[Unit, Path]] = []
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
@@ -423,8 +424,7 @@ def run_parallel(suite_name: str, suite: Suite, *, jobs: int, workdir: Path, see
             proc.wait()
             logf.close()
         raise
-    order = {u: k for k, u in enumerate(plan_units(suite, tables))}
-    done.sort(key=lambda d: order[d[0]])
+    done.sort(key=lambda d: plan.index(d[0]))
     pieces = [json.loads(f.read_text()) for _, f in done]
     merged = merge(pieces, [u.label for u, _ in done])
     for name, prov in prepared.items():

@@ -933,10 +933,11 @@ def sample_posterior(
 
     Per-draw keys are split from `key` up front, so the draws depend only on `(key, num_draws)`,
     not on `chunk_size` (bitwise for the same chunk size; across chunk sizes to float32 rounding,
-    as XLA may vectorise a batch of another size differently, as on AMD EPYC CPUs). The sampler is compiled once per shape and setting (`lax.scan` over
-    steps, `vmap` over the draws of a chunk; the last chunk is padded to the chunk size). Pass the
-    same `denoise` object every call (an Equinox module or its bound method, or one function
-    object): a new closure each call recompiles.
+    as XLA may vectorise a batch of another size differently, as on AMD EPYC CPUs). The sampler
+    is compiled once per shape and setting (`lax.scan` over steps, `vmap` over the draws of a
+    chunk; the last chunk is padded to the chunk size). Pass the same `denoise` object every
+    call (an Equinox module or its bound method, or one function object): a new closure each
+    call recompiles.
 
     **Arguments:**
 
