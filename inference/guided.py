@@ -66,6 +66,16 @@ from sdift_prob.gpsd.edm import EDMConfig, karras_sigmas
 from sdift_prob.parallel import DRAWS_AXIS, TRAJECTORY_AXIS, device_count
 from sdift_prob.parallel import mesh as device_mesh
 
+from .guidance import (
+    Fisher,
+    PointPreconditioner,
+    GuidanceRule,
+    MomentMatching,
+    Reference,
+    as_guidance_rule,
+    moment_matching_update,
+)
+from .corrector import LangevinCorrector, langevin_correct
 from .noise import DEFAULT_PRIOR_SCALE, update_sigma
 
 __all__ = [
@@ -88,7 +98,7 @@ __all__ = [
 ]
 
 METHODS = ("mpdps", "dps")
-GUIDANCE_MODES = ("fisher", "reference")
+GUIDANCE_MODES = ("mmps", "fisher", "reference")
 ZETA_SCHEDULES = ("constant", "harmonic")
 LIKELIHOODS = ("gaussian", "laplace", "student_t", "poisson")
 _LIKELIHOOD_PARAMS = {"df", "poisson_offset", "poisson_scale"}
@@ -132,6 +142,8 @@ class GuidedConfig(eqx.Module):
     - `through_denoiser`: full DPS: differentiate the likelihood through the denoiser
       (`jax.vjp`, about 3x the cost per step); `"fisher"` mode only.
     - `churn`: EDM's S_churn (0: the deterministic probability-flow sampler).
+    - `corrector`: None, or a `LangevinCorrector` run after every predictor step but the last
+      (`inference.corrector`; guided rules `"mmps"`/`"fisher"` only).
     - `likelihood`: `"gaussian" | "laplace" | "student_t" | "poisson"`; `likelihood_params`:
       extra parameters of the observation model (`df`, `poisson_offset`, `poisson_scale`),
       a mapping or pairs.
@@ -153,9 +165,10 @@ class GuidedConfig(eqx.Module):
     lam: float = eqx.field(static=True, default=0.4)
     message_kernel: TemporalKernel = eqx.field(static=True, default_factory=reference_message_kernel)
     message_jitter: float = eqx.field(static=True, default=1e-3)
-    guidance: str = eqx.field(static=True, default="fisher")
+    guidance: GuidanceRule = eqx.field(static=True, default_factory=Fisher, converter=as_guidance_rule)
     through_denoiser: bool = eqx.field(static=True, default=False)
     churn: float = eqx.field(static=True, default=0.0)
+    corrector: LangevinCorrector | None = eqx.field(static=True, default=None)
     likelihood: str = eqx.field(static=True, default="gaussian")
     likelihood_params: tuple[tuple[str, float], ...] = eqx.field(static=True, default=(), converter=_freeze_params)
     sigma_y: float | str | None = eqx.field(static=True, default=None)
@@ -179,7 +192,6 @@ class GuidedConfig(eqx.Module):
                 raise bad_input(name, f"a finite number {rel} {lo}" + (f" and <= {hi}" if hi < math.inf else ""), v)
 
         choice("method", METHODS)
-        choice("guidance", GUIDANCE_MODES)
         choice("zeta_schedule", ZETA_SCHEDULES)
         choice("likelihood", LIKELIHOODS)
         for name in ("num_steps", "mh_steps"):
@@ -195,13 +207,19 @@ class GuidedConfig(eqx.Module):
         number("mh_step_size", 0.0, strict=True)
         if not isinstance(self.message_kernel, TemporalKernel):
             raise bad_input("message_kernel", "a sdift_prob.gp.TemporalKernel", type(self.message_kernel).__name__)
+        if self.corrector is not None and not isinstance(self.corrector, LangevinCorrector):
+            raise bad_input("corrector", "None or an inference.corrector.LangevinCorrector",
+                            type(self.corrector).__name__)
+        if self.corrector is not None and isinstance(self.guidance, Reference):
+            raise bad_input("corrector", "None with guidance='reference' (its guidance is not a posterior "
+                            "denoiser, so there is no guided score to correct with)", self.corrector)
         if not isinstance(self.edm, EDMConfig):
             raise bad_input("edm", "a sdift_prob.gpsd.edm.EDMConfig", type(self.edm).__name__)
         if not isinstance(self.through_denoiser, bool) or not isinstance(self.infer_sigma, bool):
             raise bad_input("through_denoiser/infer_sigma", "booleans", (self.through_denoiser, self.infer_sigma))
-        if self.through_denoiser and self.guidance != "fisher":
-            raise bad_input("through_denoiser", "False with guidance='reference' (the public rule never "
-                            "differentiates through the denoiser)", True)
+        if self.through_denoiser and not isinstance(self.guidance, Fisher):
+            raise bad_input("through_denoiser", f"False with guidance={self.guidance.name!r} (only the isotropic "
+                            "'fisher' rule is pulled back through the denoiser; 'mmps' uses the Jacobian itself)", True)
         unknown = {k for k, _ in self.likelihood_params} - _LIKELIHOOD_PARAMS
         if unknown:
             raise bad_input("likelihood_params", f"only keys from {sorted(_LIKELIHOOD_PARAMS)}", sorted(unknown))
@@ -237,8 +255,10 @@ class GuidedConfig(eqx.Module):
         return {
             "method": self.method, "num_steps": self.num_steps, "zeta": self.zeta,
             "zeta_schedule": self.zeta_schedule, "lam": self.lam, "message_kernel": self.message_kernel.to_dict(),
-            "message_jitter": self.message_jitter, "guidance": self.guidance,
-            "through_denoiser": self.through_denoiser, "churn": self.churn, "likelihood": self.likelihood,
+            "message_jitter": self.message_jitter, "guidance": self.guidance.name,
+            "guidance_rule": self.guidance.to_dict(),
+            "through_denoiser": self.through_denoiser, "churn": self.churn,
+            "corrector": None if self.corrector is None else self.corrector.to_dict(), "likelihood": self.likelihood,
             "likelihood_params": dict(self.likelihood_params), "sigma_y": self.sigma_y,
             "infer_sigma": self.infer_sigma, "sigma_burn_in": self.sigma_burn_in,
             "sigma_prior_scale": self.sigma_prior_scale, "mh_steps": self.mh_steps,
@@ -256,7 +276,10 @@ class GuidedProblem(eqx.Module):
     `eig_vals (M, D)`, `eig_vecs (M, D, D)`: eigendecomposition of each frame's reference Gram
     `G_j = Σ_l mix_lj Σ_p F_lp a_lp a_lpᵀ` (`mix = I + λ C∘C`, `F` the per-point Fisher
     information at σ_y = 1, at the given noise levels for `"metadata"`, at the observed counts for
-    Poisson; identity basis in `"reference"` mode); `unit_fisher (M, P)`: `F`; `row_norms (M, P)`: `‖a_p‖²`; `sigma_y0`: the starting σ_y;
+    Poisson; identity basis in `"reference"` mode); `unit_fisher (M, P)`: `F`; `row_norms (M, P)`: `‖a_p‖²`;
+    `obs_eig_vals (M, Q)`, `obs_eig_vecs (M, Q, Q)`: eigendecomposition of each frame's whitened
+    point Gram `diag(√F) A_j A_jᵀ diag(√F)` for the MMPS preconditioner (Q = P; Q = 0 when not
+    used); `sigma_y0`: the starting σ_y;
     `core_shape`: `(R1, .., RK)`.
     """
 
@@ -272,6 +295,8 @@ class GuidedProblem(eqx.Module):
     eig_vecs: Float[Array, "M D D"]
     unit_fisher: Float[Array, "M P"]
     row_norms: Float[Array, "M P"]
+    obs_eig_vals: Float[Array, "M Q"]
+    obs_eig_vecs: Float[Array, "M Q Q"]
     sigma_y0: Float[Array, ""]
     core_shape: tuple[int, ...] = eqx.field(static=True)
 
@@ -342,6 +367,9 @@ def _as_padded(padded: Any, M: int, P: int) -> PaddedObservations:
 # beyond these bounds overflow its squared residuals and Fisher weights. Values that far from the
 # training distribution (~1e8 training standard deviations) are almost always a units mistake.
 MAX_ABS_VALUE = 1e8
+# The MMPS preconditioner stores a (P, P) eigenbasis per frame; beyond this many padded points
+# per frame it is skipped (plain CG).
+MAX_PRECONDITIONED_POINTS = 2048
 MIN_SIGMA = 1e-6
 
 
@@ -488,7 +516,7 @@ def prepare(
         loo = jnp.zeros((M, M), dtype)
     w = _unit_fisher(config, pad)
     row_norms = jnp.sum(design_j**2, axis=-1)
-    if config.guidance == "fisher":
+    if isinstance(config.guidance, Fisher):
         gram = jnp.einsum("mpd,mp,mpe->mde", design_j, w, design_j)
         # mix[l, j]: weight of frame l's curvature in frame j's preconditioner (the diagonal
         # blocks λ C_lj² H_l of the messages' Gauss-Newton curvature).
@@ -499,7 +527,18 @@ def prepare(
     else:
         vals = jnp.zeros((M, D), dtype)
         vecs = jnp.broadcast_to(jnp.eye(D, dtype=dtype), (M, D, D))
-    if not (bool(jnp.all(jnp.isfinite(vals))) and bool(jnp.all(jnp.isfinite(vecs)))):
+    rule = config.guidance
+    if isinstance(rule, MomentMatching) and rule.precondition and M * P <= MAX_PRECONDITIONED_POINTS:
+        sw = jnp.sqrt(w)
+        cov_t = jnp.asarray(L @ L.T, dtype)
+        point_gram = jnp.einsum("mp,mpd,mn,nqd,nq->mpnq", sw, design_j, cov_t, design_j, sw).reshape(M * P, M * P)
+        obs_vals, obs_vecs = jnp.linalg.eigh(point_gram)
+        obs_vals = jnp.maximum(obs_vals, 0.0)[None]
+        obs_vecs = obs_vecs[None]
+    else:
+        obs_vals, obs_vecs = jnp.zeros((M, 0), dtype), jnp.zeros((M, 0, 0), dtype)
+    if not (bool(jnp.all(jnp.isfinite(vals))) and bool(jnp.all(jnp.isfinite(vecs)))
+            and bool(jnp.all(jnp.isfinite(obs_vals))) and bool(jnp.all(jnp.isfinite(obs_vecs)))):
         raise NumericalError("prepare: the Fisher eigendecomposition is not finite; check the design rows")
 
     if config.sigma_y is None and config.infer_sigma:
@@ -514,7 +553,8 @@ def prepare(
         design=design_j, padded=pad, core_mean=jnp.asarray(float(core_mean), dtype),
         core_std=jnp.asarray(float(core_std), dtype), times_norm=jnp.asarray(t, dtype),
         noise_chol=jnp.asarray(L, dtype), sigmas=jnp.asarray(karras_sigmas(config.num_steps, config.edm), dtype),
-        loo=loo, eig_vals=vals, eig_vecs=vecs, unit_fisher=w, row_norms=row_norms,
+        loo=loo, eig_vals=vals, eig_vecs=vecs, unit_fisher=w, row_norms=row_norms, obs_eig_vals=obs_vals,
+        obs_eig_vecs=obs_vecs,
         sigma_y0=jnp.asarray(sigma0, dtype), core_shape=core_shape,
     )
 
@@ -550,7 +590,16 @@ def _frame_terms(
     """Likelihood gradient `A_jᵀ score_j (M, D)` at cores `W (M, D)` and the IRLS curvature
     weight of every point `w_p = score_p / r_p (M, P)` (capped at the Fisher information;
     exactly `1/σ²` for Gaussian noise; 0 at padding). `message=True` for the GP predictions
-    of MPDPS messages (see the Poisson note below)."""
+    of MPDPS messages (see the Poisson note in `_point_terms`)."""
+    score, w = _point_terms(W, sigma_y, problem, config, message=message)
+    return jnp.einsum("mpd,mp->md", problem.design, score), w
+
+
+def _point_terms(
+    W: Array, sigma_y: Array, problem: GuidedProblem, config: GuidedConfig, *, message: bool = False
+) -> tuple[Array, Array]:
+    """Per-point score `∂ log p(y_p | u_p)/∂u_p` and IRLS weight `(M, P)` at cores `W (M, D)`
+    (0 at padding); see `_frame_terms`."""
     pad = problem.padded
     u = jnp.einsum("mpd,md->mp", problem.design, W)
     score = jnp.where(pad.mask, _point_scores(u, sigma_y, problem, config), 0.0)
@@ -576,8 +625,7 @@ def _frame_terms(
         # exact weight 1/(s² λ) is smaller and is kept. The own term stays exact Poisson: its
         # prediction is the denoiser's estimate of the frame itself.
         score = jnp.where(pad.mask, w * r, 0.0)
-    g = jnp.einsum("mpd,mp->md", problem.design, score)
-    return g, jnp.where(pad.mask, w, 0.0)
+    return score, jnp.where(pad.mask, w, 0.0)
 
 
 def _ratio(num: Array, den: Array) -> Array:
@@ -735,6 +783,52 @@ def _fisher_estimate(
     return x0 + delta, delta
 
 
+def _mmps_estimate(
+    denoise: Denoiser, x: Array, sigma: Array, sigma_y: Array, zeta: Array, problem: GuidedProblem,
+    config: GuidedConfig,
+) -> tuple[Array, Array]:
+    """Moment-matched clean estimate (flat `(M, D)`) at noise level σ and the correction added
+    (`inference.guidance.moment_matching_update`). The data enter as the frames' own points and,
+    for MPDPS (λ > 0), as the same points predicted by leave-one-out GP regression from the other
+    frames with precision λ w (the messages' pseudo-likelihood, linear in the cores)."""
+    M, D = x.shape
+    shape = (M, *problem.core_shape)
+
+    def den(z: Array) -> Array:
+        return denoise(z.reshape(shape), sigma, problem.times_norm).reshape(M, D)
+
+    x0, jvp = jax.linearize(den, x)
+    W0 = _to_cores(x0, problem)
+    groups = [(jnp.eye(M, dtype=x.dtype), W0, 1.0, False)]
+    lam = config.message_weight
+    if lam > 0:
+        m = problem.core_mean
+        groups.append((problem.loo, m + problem.loo @ (W0 - m), lam, True))
+    residuals, weights = [], []
+    for _, W, scale, message in groups:
+        score, w = _point_terms(W, sigma_y, problem, config, message=message)
+        residuals.append(jnp.where(w > 0, score / jnp.where(w > 0, w, 1.0), 0.0))
+        weights.append(scale * w)
+    K = len(groups)
+    design = jnp.broadcast_to(problem.core_std * problem.design, (K, *problem.design.shape))
+    cov_t = problem.noise_chol @ problem.noise_chol.T
+    precond = None
+    if problem.obs_eig_vals.shape[1] > 0:
+        # The isotropic Tweedie covariance r² I in state units, per unit Fisher information.
+        sd = config.edm.sigma_data
+        c = sigma**2 * sd**2 / (sigma**2 + sd**2) * problem.core_std**2
+        if config.scalar_sigma:
+            c = c / sigma_y**2
+        points = PointPreconditioner(problem.obs_eig_vals[0], problem.obs_eig_vecs[0])
+        precond = lambda r: points(r, c)  # noqa: E731
+    delta = moment_matching_update(
+        jvp, sigma, cov_t, design, jnp.stack([g[0] for g in groups]), jnp.stack(residuals), jnp.stack(weights),
+        config.guidance.cg_steps, precond,
+    )
+    delta = zeta * delta
+    return x0 + delta, delta
+
+
 def _update_sigma_y(
     key: PRNGKeyArray, W: Array, sigma_y: Array, i: Array, problem: GuidedProblem, config: GuidedConfig
 ) -> Array:
@@ -780,6 +874,7 @@ def _step(
     i = state.step
     sig, sig_next = problem.sigmas[i], problem.sigmas[i + 1]
     k_churn, k_sigma = jax.random.split(key)
+    k_corr = jax.random.fold_in(key, 2)  # a third stream that leaves the first two as they were
     x = state.x.reshape(M, D)
     sigma_y = state.sigma_y
     zeta = _zeta(config, i.astype(x.dtype))
@@ -803,12 +898,19 @@ def _step(
     def den(z: Array, s: Array) -> Array:
         return denoise(z.reshape((M, *problem.core_shape)), s, problem.times_norm).reshape(M, D)
 
-    if config.guidance == "fisher":
-        d1, delta = _fisher_estimate(denoise, x, sig_hat, sigma_y, zeta, problem, config)
+    if not isinstance(config.guidance, Reference):
+        estimate = _mmps_estimate if isinstance(config.guidance, MomentMatching) else _fisher_estimate
+        d1, delta = estimate(denoise, x, sig_hat, sigma_y, zeta, problem, config)
         slope = (x - d1) / sig_hat
         x_euler = x + (sig_next - sig_hat) * slope
-        d2, _ = _fisher_estimate(denoise, x_euler, sig_2, sigma_y, zeta, problem, config)
+        d2, _ = estimate(denoise, x_euler, sig_2, sigma_y, zeta, problem, config)
         x_next = jnp.where(heun, x + (sig_next - sig_hat) * 0.5 * (slope + (x_euler - d2) / sig_2), x_euler)
+        if config.corrector is not None:
+            corrected = langevin_correct(
+                k_corr, x_next, sig_2, lambda z: estimate(denoise, z, sig_2, sigma_y, zeta, problem, config)[0],
+                problem.noise_chol, config.corrector,
+            )
+            x_next = jnp.where(heun, corrected, x_next)
         W_est = _to_cores(d1, problem)
     else:
         d1 = den(x, sig_hat)
@@ -1118,8 +1220,10 @@ def _raise_if_nonfinite(state: GuidedState, problem: GuidedProblem, config: Guid
     hints = ["a smaller zeta", "more steps (num_steps)"]
     if config.infer_sigma:
         hints.insert(1, "a fixed sigma_y (infer_sigma=False)")
-    if config.guidance == "reference":
-        hints.insert(0, "guidance='fisher' (noise-level normalised)")
+    if isinstance(config.guidance, Reference):
+        hints.insert(0, "guidance='mmps' (noise-level normalised)")
+    if isinstance(config.guidance, MomentMatching):
+        hints.insert(0, "more CG iterations (MomentMatching(cg_steps=...))")
     raise NumericalError(
         f"guided sampling produced non-finite values at step {step_at} of {config.num_steps} "
         f"(noise level σ = {sigma_at:.4g}) in {int(bad.sum())} of {bad.size} draws; try " + ", ".join(hints)

@@ -1,0 +1,220 @@
+"""Guidance rules of the guided sampler, as small objects passed in `GuidedConfig.guidance`.
+
+A rule says how the data enter each denoiser estimate. Three are offered:
+
+- `MomentMatching(cg_steps)` (MMPS, Rozet et al. 2024): the Gaussian update of the denoiser's
+  estimate with the *Tweedie covariance* of the whole sequence. With GP-correlated diffusion
+  noise `x = x0 + σ (L ⊗ I) ε` and `Σ = L Lᵀ`, Tweedie's second-order formula gives
+
+      V = Cov[x0 | x] = σ² J_D (Σ ⊗ I),          J_D = ∂D/∂x,
+
+  and for observations `y = A x0 + e`, `e ~ N(0, Σ_y)`, the moment-matched posterior estimate is
+
+      x̂0' = x̂0 + V Aᵀ (Σ_y + A V Aᵀ)⁻¹ (y − A x̂0).
+
+  This is the exact conjugate update under the Gaussian approximation of `p(x0 | x)`; frames
+  without data move through V's coupling of frames, so no message passing is needed (messages
+  on top of it count the data twice). The bracket is solved by conjugate gradients in the
+  observation space, each iteration one Jacobian-vector product of the denoiser. Non-Gaussian
+  likelihoods enter in their Gauss-Newton (IRLS) form: `Σ_y = diag(1/w)` and the residual
+  `score / w`, with `w` the IRLS weight of each point.
+- `Fisher()`: the isotropic Tweedie approximation `V = r² I`, `r² = σ² σ_d²/(σ² + σ_d²)`, with
+  a per-frame Gauss-Newton step (exact only for a prior that is white in time and space);
+  `GuidedConfig.through_denoiser` pulls its correction back through the denoiser.
+- `Reference()`: the public SDIFT code's rule (an unnormalised gradient step after each Heun step).
+
+Strings `"mmps"`, `"fisher"`, `"reference"` are accepted wherever a rule is and mean the rule
+with its defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from sdift_prob.errors import bad_input
+
+__all__ = ["GuidanceRule", "MomentMatching", "Fisher", "Reference", "FramePreconditioner", "as_guidance_rule",
+           "moment_matching_update"]
+
+
+class GuidanceRule(eqx.Module):
+    """Base class of the guidance rules (see the module docstring)."""
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+class MomentMatching(GuidanceRule):
+    """MMPS: Gaussian update with the Tweedie covariance, solved by `cg_steps` CG iterations
+    (each one JVP of the denoiser), preconditioned per frame with the isotropic covariance
+    (`FramePreconditioner`) unless `precondition=False` or frames hold more than
+    `inference.guided.MAX_PRECONDITIONED_POINTS` padded points. `cg_steps` trades cost for
+    exactness; `benchmarks/exactness.py` measures the curve."""
+
+    cg_steps: int = eqx.field(static=True, default=3)
+    precondition: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self) -> None:
+        v = self.cg_steps
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise bad_input("cg_steps", "an integer >= 1", v)
+        if not isinstance(self.precondition, bool):
+            raise bad_input("precondition", "a bool", self.precondition)
+
+    @property
+    def name(self) -> str:
+        return "mmps"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "cg_steps": self.cg_steps, "precondition": self.precondition}
+
+
+class Fisher(GuidanceRule):
+    """Isotropic Tweedie covariance `r² I` with a per-frame Gauss-Newton step (the paper-era default)."""
+
+    @property
+    def name(self) -> str:
+        return "fisher"
+
+
+class Reference(GuidanceRule):
+    """The public SDIFT code's unnormalised gradient step after each Heun step."""
+
+    @property
+    def name(self) -> str:
+        return "reference"
+
+
+_BY_NAME = {"mmps": MomentMatching, "fisher": Fisher, "reference": Reference}
+
+
+def as_guidance_rule(rule: Any) -> GuidanceRule:
+    """A `GuidanceRule` from a rule or its name (`"mmps"`, `"fisher"`, `"reference"`)."""
+    if isinstance(rule, GuidanceRule):
+        return rule
+    if isinstance(rule, str) and rule in _BY_NAME:
+        return _BY_NAME[rule]()
+    raise bad_input("guidance", f"a GuidanceRule (MomentMatching(), Fisher(), Reference()) or one of {tuple(_BY_NAME)}",
+                    rule)
+
+
+def _safe_div(num: Array, den: Array) -> Array:
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def _pcg(op: Callable[[Array], tuple[Array, Array]], precond: Callable[[Array], Array], b: Array, steps: int) -> Array:
+    """`steps` preconditioned conjugate-gradient iterations for `op(v)[0] = b` from `v = 0` (op
+    and `precond` ≈ op⁻¹ symmetric positive definite). `op` also returns a linear image `T p` of
+    its argument; `Σ α_k T p_k = T v` is accumulated alongside the iterate and returned instead
+    of `v`, which saves the denoiser JVP that computing `T v` afterwards would cost."""
+
+    def body(carry: tuple[Array, ...], _: None) -> tuple[tuple[Array, ...], None]:
+        tv, r, p, rz = carry
+        ap, tp = op(p)
+        alpha = _safe_div(rz, jnp.sum(p * ap))
+        r = r - alpha * ap
+        z = precond(r)
+        rz_new = jnp.sum(r * z)
+        return (tv + alpha * tp, r, z + _safe_div(rz_new, rz) * p, rz_new), None
+
+    _, t_shape = jax.eval_shape(op, b)
+    z = precond(b)
+    init = (jnp.zeros(t_shape.shape, t_shape.dtype), b, z, jnp.sum(b * z))
+    (tv, *_), _ = jax.lax.scan(body, init, None, length=steps)
+    return tv
+
+
+class PointPreconditioner(eqx.Module):
+    """`(I + c G)⁻¹` on the own points of all frames at once, `G = diag(√F) A (Σ ⊗ I) Aᵀ diag(√F)`
+    from its precomputed eigendecomposition: the whitened system when `V ≈ c (Σ ⊗ I)`, the
+    Tweedie covariance of a prior white in space with the diffusion noise's temporal kernel Σ
+    (exact as σ → 0 for any prior, the right scale as σ → ∞). It removes the conditioning of
+    coherent design rows and of the frames' coupling; CG then corrects for the rest of `V`.
+    Identity on the other groups (messages)."""
+
+    vals: Float[Array, " N"]
+    vecs: Float[Array, "N N"]
+
+    def __call__(self, r: Float[Array, "K M P"], c: Float[Array, ""]) -> Float[Array, "K M P"]:
+        coeff = self.vecs.T @ r[0].ravel()
+        own = self.vecs @ (coeff / (1.0 + c * self.vals))
+        return r.at[0].set(own.reshape(r.shape[1:]))
+
+
+class FramePreconditioner(eqx.Module):
+    """`(I + c G_f)⁻¹` on each frame's own points, `G_f = diag(√F) A_f A_fᵀ diag(√F)` from its
+    precomputed eigendecomposition: the whitened system's own-point block when `V ≈ c I`
+    (the isotropic Tweedie covariance). It removes the conditioning that comes from coherent
+    design rows; CG then only has to correct for the anisotropy of the true `V`. Identity on
+    the other groups (messages)."""
+
+    vals: Float[Array, "M P"]
+    vecs: Float[Array, "M P P"]
+
+    def __call__(self, r: Float[Array, "K M P"], c: Float[Array, ""]) -> Float[Array, "K M P"]:
+        coeff = jnp.einsum("mpq,mp->mq", self.vecs, r[0])
+        own = jnp.einsum("mpq,mq->mp", self.vecs, coeff / (1.0 + c * self.vals))
+        return r.at[0].set(own)
+
+
+def moment_matching_update(
+    jvp: Callable[[Array], Array],
+    sigma: Float[Array, ""],
+    noise_cov: Float[Array, "M M"],
+    design: Float[Array, "K M P D"],
+    mixing: Float[Array, "K M M"],
+    residual: Float[Array, "K M P"],
+    weight: Float[Array, "K M P"],
+    cg_steps: int,
+    precond: Callable[[Array], Array] | None = None,
+) -> Float[Array, "M D"]:
+    """The moment-matched correction `x̂0' − x̂0 = V Bᵀ (W⁻¹ + B V Bᵀ)⁻¹ r̃`.
+
+    The observations come in `K` groups (the frames' own points, and for message passing the
+    same points predicted from the other frames); group k predicts point p of frame l as
+    `Σ_j mixing[k, l, j] design[k, l, p] · x_j` (mixing = I for the own points).
+
+    **Arguments:**
+
+    - `jvp`: `v ↦ J_D v`, the denoiser's Jacobian at the state (`jax.linearize`), `(M, D) -> (M, D)`.
+    - `sigma`: the state's noise level; `noise_cov`: `Σ` over the frames.
+    - `design`: design rows in state units (`core_std · A`).
+    - `residual`: pseudo-residuals `score / w` at x̂0 (`y − A x̂0` for Gaussian noise).
+    - `weight`: the points' precisions `w` (IRLS weights; 0 at padding).
+    - `cg_steps`: CG iterations.
+    - `precond`: an SPD approximation of the whitened system's inverse, `(K, M, P) -> (K, M, P)`
+      (e.g. a bound `FramePreconditioner`); None: plain CG.
+
+    **Returns:** the correction `(M, D)`.
+
+    The system is solved in whitened form, `(I + W^½ B V Bᵀ W^½) v = W^½ r̃`, whose spectrum is
+    bounded below by 1 whatever the noise level, then `x̂0' − x̂0 = V Bᵀ W^½ v`.
+    """
+    sw = jnp.sqrt(weight)
+
+    def cov(v: Array) -> Array:  # V v = σ² J_D (Σ v): Σ acts along the frames
+        return sigma**2 * jvp(noise_cov @ v)
+
+    def adjoint(u: Array) -> Array:  # Bᵀ u: (K, M, P) -> (M, D)
+        per_frame = jnp.einsum("kmpd,kmp->kmd", design, u)
+        return jnp.einsum("klj,kld->jd", mixing, per_frame)
+
+    def forward(v: Array) -> Array:  # B v: (M, D) -> (K, M, P)
+        mixed = jnp.einsum("klj,jd->kld", mixing, v)
+        return jnp.einsum("kmpd,kmd->kmp", design, mixed)
+
+    def op(v: Array) -> tuple[Array, Array]:
+        cv = cov(adjoint(sw * v))
+        return v + sw * forward(cv), cv
+
+    return _pcg(op, (lambda r: r) if precond is None else precond, sw * residual, cg_steps)
