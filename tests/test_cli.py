@@ -46,7 +46,8 @@ def test_every_sub_command_has_a_useful_help():
         "    print(f'=== {name}'); print(out.getvalue())\n"
     )
     names = [c.replace("_", "-") for c in COMMANDS]
-    assert names == ["simulate", "observe", "fit-ftm", "train-prior", "sample", "reconstruct", "evaluate", "seal", "demo"]
+    assert names == ["simulate", "observe", "fit-ftm", "train-prior", "sample", "reconstruct", "evaluate", "seal",
+                     "demo"]
     result = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=240)
     assert result.returncode == 0, result.stderr

@@ -61,7 +61,8 @@ def register(subparsers: Any) -> None:
                    help="observation noise model")
     p.add_argument("--sigma", default=None,
                    help="noise std in physical units, 'metadata' or 'infer' (default: metadata if known, else infer)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 20; fewer than 8 are untested and warned about)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default 20; fewer than 8 are untested and warned about)")
     p.add_argument("--zeta", type=float, default=None, help="guidance strength (default 1: conjugate update)")
     p.add_argument("--lam", type=float, default=None, help="MPDPS message weight (default 0.4)")
     p.add_argument("--message-kernel", choices=("reference", "fitted"), default="reference",

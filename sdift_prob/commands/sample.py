@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
     when.add_argument("--n-times", type=int, default=None, metavar="M",
                       help="M evenly spaced time stamps over the training time range")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the prior's, 20; fewer than 8 are untested and warned about)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the prior's, 20; fewer than 8 are untested and warned about)")
     p.add_argument("--batch-size", type=int, default=None, help="draws per vmapped batch (default: all)")
     p.add_argument("--out", required=True, metavar="SAMPLES.nc", help="netCDF file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
