@@ -212,6 +212,7 @@ def reconstruct(
     **Returns:** `az.InferenceData` (posterior `cores`, `field`, `sigma`; posterior_predictive,
     observed_data, log_likelihood `y`; sample_stats) — see `inference.report`.
     """
+    _check_before_work(key, sampler, config)
     if not isinstance(run, Run):
         run = open_run(run, require_prior=sampler != "gp")
     if sampler not in SAMPLERS:
@@ -428,3 +429,18 @@ def calibrate_reconstruction(
 
     return calibrate(key, sample_predictive, obs, holdout_fraction=holdout_fraction, zetas=tuple(zetas),
                      levels=tuple(levels))
+
+
+# --- checks before any work (issue 16), kept apart from `reconstruct`'s body, which calls
+# `_check_before_work` first ---------------------------------------------------------------------
+
+
+def _check_before_work(key: Any, sampler: str, config: Any) -> None:
+    """What can be checked without the run or the data: a typed PRNG key (an int seed gives
+    the usual one-line `InputError`, not a TypeError from inside JAX), and a loud
+    `UntestedSettingWarning` for fewer sampler steps than tested (`gp` takes no steps)."""
+    from sdift_prob.errors import warn_untested_steps
+
+    report._check_key(key)
+    if sampler != "gp" and isinstance(config, GuidedConfig):
+        warn_untested_steps(config.num_steps, "num_steps", stacklevel=3)

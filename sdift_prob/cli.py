@@ -19,6 +19,7 @@ COMMANDS = (
     "sample",
     "reconstruct",
     "evaluate",
+    "seal",
     "demo",
 )
 

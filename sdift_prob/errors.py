@@ -42,6 +42,32 @@ def as_float64(x: Any, argument: str) -> Any:
     return arr.astype(np.float64)
 
 
+# Fewest sampler steps (`num_steps`, `--steps`) whose results were checked; `--steps 2` gave
+# fields of +-2e4 m/s (VRMSE 86) on the ocean bundle, and still exited 0 (issue 16).
+MIN_TESTED_STEPS = 8
+
+
+class UntestedSettingWarning(UserWarning):
+    """A setting outside the range in which the library's results were tested."""
+
+
+def warn_untested_steps(steps: Any, argument: str, *, stacklevel: int = 2) -> None:
+    """Warn (`UntestedSettingWarning`, naming `argument` as the caller's user typed it) when
+    `steps` sampler steps are fewer than `MIN_TESTED_STEPS`. Values < 1 are left to the
+    argument's own check, which refuses them."""
+    import numbers
+    import warnings
+
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool) and 1 <= steps < MIN_TESTED_STEPS:
+        warnings.warn(
+            f"{argument}: {int(steps)} sampler steps is below the tested minimum of {MIN_TESTED_STEPS}; results "
+            f"below {MIN_TESTED_STEPS} steps are untested and can be far off (diverged fields, exit 0); "
+            f"use {MIN_TESTED_STEPS} or more",
+            UntestedSettingWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
 class TrainingInterrupted(SdiftError):
     """Training stopped on SIGINT/SIGTERM; `step` steps (or epochs) are done and saved in
     `checkpoint` (None when no checkpoint folder was given)."""

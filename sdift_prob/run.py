@@ -5,12 +5,13 @@ Layout::
     RUN_DIR/
       manifest.json    {"sdift_run_format": 1, "created": ..., "versions": {...},
                         "sections": {"ftm": {"info": {...}, "files": {"ftm.eqx": SHA-256, ...},
-                                             "versions": {...}, "written": ...}, ...}}
+                                             "versions": {...}, "written": ...}, ...},
+                        "manifest_sha256": SHA-256 of the rest (canonical JSON)}
       ftm.eqx, cores.npz, prior.eqx, ...
 
 Each stage owns a section (e.g. `"ftm"`, `"prior"`) with its own info dict and files. Every
 file is written to a temporary name and renamed into place; the manifest, rewritten last
-(atomically), records the SHA-256 of each file, and `read_manifest` checks them.
+(atomically), records the SHA-256 of each file and its own, and `read_manifest` checks them.
 """
 
 from __future__ import annotations
@@ -164,19 +165,42 @@ def _plain_name(fname: object) -> bool:
     )
 
 
-    # Manifests carry a checksum of their own canonical JSON (older ones, e.g. shipped bundles
-    # written before it existed, have none and are read as they are).
 def _verify_digest(manifest: dict[str, Any], path: Path) -> None:
-    if DIGEST_KEY in manifest:
-        try:
-            expected = manifest_digest(manifest)
-        except (TypeError, ValueError) as exc:
-            raise FormatError(f"{path}: corrupt manifest (not canonical JSON: {exc})") from exc
-        if manifest[DIGEST_KEY] != expected:
-            raise FormatError(
-                f"{path}: the manifest was changed after it was written (its own SHA-256 does not match); "
-                "it must not be edited by hand; restore it or rebuild the run"
-            )
+    """Every manifest carries the checksum of its own canonical JSON; one without it is refused
+    (manifests written before it existed are sealed once with `seal_run` / `sdift seal`)."""
+    if DIGEST_KEY not in manifest:
+        versions = manifest.get("versions")
+        writer = versions.get("sdift-prob", "?") if isinstance(versions, dict) else "?"
+        raise FormatError(
+            f"{path}: the manifest has no {DIGEST_KEY} (its own checksum; written by sdift-prob {writer} "
+            "before manifests were sealed, or the entry was removed), so a hand edit could not be detected; "
+            f"if you trust this run, seal it once with `sdift seal {path.parent}` "
+            "(or sdift_prob.run.seal_run(run_dir))"
+        )
+    try:
+        expected = manifest_digest(manifest)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: corrupt manifest (not canonical JSON: {exc})") from exc
+    if manifest[DIGEST_KEY] != expected:
+        raise FormatError(
+            f"{path}: the manifest was changed after it was written (its own SHA-256 does not match); "
+            "it must not be edited by hand; restore it or rebuild the run"
+        )
+
+
+def _verify_files(root: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists exists and has its recorded SHA-256."""
+    for name, sec in manifest["sections"].items():
+        for fname, digest in sec["files"].items():
+            path = root / fname
+            if not path.is_file():
+                raise FormatError(f"{root}: file {fname!r} of section {name!r} is missing")
+            actual = sha256_file(path)
+            if actual != digest:
+                raise FormatError(
+                    f"{path}: checksum mismatch (section {name!r}): the file was changed or corrupted "
+                    f"after it was written (SHA-256 {actual[:12]}... instead of {digest[:12]}...)"
+                )
 
 
 def read_manifest(run_dir: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
@@ -185,28 +209,49 @@ def read_manifest(run_dir: str | os.PathLike, *, verify: bool = True) -> dict[st
     **Arguments:**
 
     - `run_dir`: the run directory.
-    - `verify`: check the manifest's own SHA-256 (`manifest_sha256`, absent in manifests written
-      before it existed) and that every file listed exists and has the recorded SHA-256.
+    - `verify`: check the manifest's own SHA-256 (`manifest_sha256`; a manifest without it is
+      refused: see `seal_run`) and that every file listed exists and has the recorded SHA-256.
 
-    **Returns:** the manifest as a dict. Raises `FormatError` for a missing or corrupt
-    manifest, an unsupported format version, or a missing or altered file (named).
+    **Returns:** the manifest as a dict. Raises `FormatError` for a missing, corrupt, unsealed
+    or hand-edited manifest, an unsupported format version, or a missing or altered file (named).
     """
     root = Path(run_dir)
     manifest = _load_manifest_json(root)
     if verify:
         _verify_digest(manifest, root / MANIFEST)
-        for name, sec in manifest["sections"].items():
-            for fname, digest in sec["files"].items():
-                path = root / fname
-                if not path.is_file():
-                    raise FormatError(f"{root}: file {fname!r} of section {name!r} is missing")
-                actual = sha256_file(path)
-                if actual != digest:
-                    raise FormatError(
-                        f"{path}: checksum mismatch (section {name!r}): the file was changed or corrupted "
-                        f"after it was written (SHA-256 {actual[:12]}... instead of {digest[:12]}...)"
-                    )
+        _verify_files(root, manifest)
     return manifest
+
+
+def seal_run(run_dir: str | os.PathLike) -> str:
+    """Add its own checksum (`manifest_sha256`) to the manifest of a run written before
+    manifests were sealed (`sdift seal RUN_DIR` on the command line).
+
+    Every file the manifest lists must exist with its recorded SHA-256 first. A manifest that
+    already has a checksum is left as it is when the checksum matches, and refused when it does
+    not (it was edited after it was written: sealing must not bless the edit). Only the
+    `manifest_sha256` entry is added; the manifest is rewritten atomically.
+
+    **Arguments:**
+
+    - `run_dir`: the run directory.
+
+    **Returns:** the manifest's SHA-256.
+    """
+    root = Path(run_dir)
+    path = root / MANIFEST
+    manifest = _load_manifest_json(root)
+    if DIGEST_KEY in manifest:
+        _verify_digest(manifest, path)
+        _verify_files(root, manifest)
+        return str(manifest[DIGEST_KEY])
+    _verify_files(root, manifest)
+    try:
+        digest = manifest_digest(manifest)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: corrupt manifest (not canonical JSON: {exc})") from exc
+    _write_manifest(root, manifest)
+    return digest
 
 
 def _check_section_name(section: object) -> str:

@@ -46,7 +46,8 @@ def test_every_sub_command_has_a_useful_help():
         "    print(f'=== {name}'); print(out.getvalue())\n"
     )
     names = [c.replace("_", "-") for c in COMMANDS]
-    assert names == ["simulate", "observe", "fit-ftm", "train-prior", "sample", "reconstruct", "evaluate", "demo"]
+    assert names == ["simulate", "observe", "fit-ftm", "train-prior", "sample", "reconstruct", "evaluate", "seal",
+                     "demo"]
     result = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=240)
     assert result.returncode == 0, result.stderr
@@ -170,3 +171,99 @@ def test_the_console_script_answers_one_line_and_debug_shows_the_traceback(tmp_p
     one_line(plain, "observe")
     debug = subprocess.run([str(exe), *argv, "--debug"], capture_output=True, text=True, env=env, timeout=240)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "InputError" in debug.stderr
+
+
+# --- checks before any work (issue 16) -------------------------------------------------------------
+
+
+@pytest.fixture
+def stop_before_loading(monkeypatch):
+    """Loading the run (the first costly step of `reconstruct` and `sample`) raises a marker
+    error instead: a message without the marker came from a check made before it."""
+    import importlib
+
+    from sdift_prob.commands import sample as sample_cmd
+    from sdift_prob.errors import InputError
+
+    def stop(*args, **kwargs):
+        raise InputError("MARKER: reached the run")
+
+    rec = importlib.import_module("inference.reconstruct")  # the package exports a function of that name
+    monkeypatch.setattr(rec, "open_run", stop)
+    monkeypatch.setattr(sample_cmd, "load_run", stop)
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in (as root, permission bits do not stop it)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder
+    if not Path("/proc").is_dir():
+        pytest.skip("running as root without /proc: no unwritable folder to try")
+    return Path("/proc")
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "sample"])
+def test_out_is_checked_before_any_work(command, tmp_path, stop_before_loading, capsys):
+    from sdift_prob import cli
+
+    head = ["reconstruct", str(RUN), str(OBS)] if command == "reconstruct" else ["sample", str(RUN), "--draws", "2"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    unwritable = _unwritable_folder(tmp_path)
+    cases = [
+        (["--out", str(folder)], f"--out: {folder} is a directory; expected the path of a file to write"),
+        (["--out", str(folder), "--overwrite"], f"--out: {folder} is a directory"),
+        (["--out", str(unwritable / "x.nc")], f"--out: cannot write a file in the folder {unwritable} ("),
+        (["--out", str(tmp_path / "missing" / "x.nc")], "--out: expected a path in an existing folder"),
+    ]
+    for tail, message in cases:
+        assert cli.main(head + tail) == 1, tail
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (tail, err)
+    # a good --out gets as far as loading the run
+    assert cli.main(head + ["--out", str(tmp_path / "x.nc")]) == 1
+    assert "MARKER" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("read-only")) == ["folder"]
+    assert list(folder.iterdir()) == []  # the write probe left nothing behind
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "sample"])
+def test_few_steps_warn_as_typed_before_any_work(command, tmp_path, stop_before_loading, capsys):
+    from sdift_prob import cli
+    from sdift_prob.errors import UntestedSettingWarning
+
+    head = ["reconstruct", str(RUN), str(OBS)] if command == "reconstruct" else ["sample", str(RUN), "--draws", "2"]
+    with pytest.warns(UntestedSettingWarning, match=r"^--steps: 3 sampler steps .*below 8 steps are untested"):
+        assert cli.main(head + ["--steps", "3", "--out", str(tmp_path / "x.nc")]) == 1
+    assert "MARKER" in capsys.readouterr().err
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntestedSettingWarning)
+        assert cli.main(head + ["--steps", "8", "--out", str(tmp_path / "x.nc")]) == 1
+        if command == "reconstruct":  # the gp sampler takes no steps
+            assert cli.main(head + ["--sampler", "gp", "--steps", "3", "--out", str(tmp_path / "x.nc")]) == 1
+    assert capsys.readouterr().err.count("MARKER") == (2 if command == "reconstruct" else 1)
+
+
+def test_reconstruct_warns_about_steps_once(tmp_path, monkeypatch, recwarn, capsys):
+    """The library's own num_steps warning is not repeated after the command's --steps one."""
+    import importlib
+
+    from sdift_prob import cli
+    from sdift_prob.errors import InputError, UntestedSettingWarning, warn_untested_steps
+
+    def fake_reconstruct(run, obs, *, config, **kwargs):
+        warn_untested_steps(config.num_steps, "num_steps")  # what the library says
+        raise InputError("MARKER: reached the sampler")
+
+    rec = importlib.import_module("inference.reconstruct")
+    monkeypatch.setattr(rec, "open_run", lambda *a, **k: None)
+    monkeypatch.setattr(rec, "reconstruct", fake_reconstruct)
+    assert cli.main(["reconstruct", str(RUN), str(OBS), "--steps", "2", "--out", str(tmp_path / "p.nc")]) == 1
+    assert "MARKER" in capsys.readouterr().err
+    said = [str(w.message) for w in recwarn if issubclass(w.category, UntestedSettingWarning)]
+    assert len(said) == 1 and said[0].startswith("--steps: 2"), said

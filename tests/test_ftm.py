@@ -150,6 +150,27 @@ def test_domain_margin_error_and_warning(small_model):
         decode_points(m, jnp.zeros((2, 3, 4, 2)), np.array([2]), inside)
 
 
+def test_points_on_the_domain_edge_do_not_warn():
+    # issue 16 item 8: a periodic 64 x 64 grid on [0, 2 pi] rounds its last point up in float32
+    # (6.2831855 > 2 pi), which gave "extend to [0, 6.28319], outside ... [0, 6.28319]"
+    two_pi = 2 * np.pi
+    m = FunctionalTucker((2, 2), domain_lo=(0.0, 0.0), domain_hi=(two_pi, two_pi), space_dims=("x", "y"),
+                         width=8, key=jax.random.key(0))
+    grid = np.linspace(0.0, two_pi, 64)
+    pts = np.stack(np.meshgrid(grid, grid, indexing="ij"), axis=-1).reshape(-1, 2)
+    assert float(np.float32(two_pi)) > two_pi  # the rounding the tolerance is for
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        design_rows(m, pts)
+        decode_grid(m, jnp.zeros((1, 2, 2)), [grid, grid])
+        design_rows(m, np.array([[-1e-7, two_pi]]))  # float rounding below the lower bound too
+    # beyond the rounding, still a warning (a 1e-4 relative overshoot is real extrapolation)
+    with pytest.warns(ExtrapolationWarning, match="'x'"):
+        design_rows(m, np.array([[two_pi * (1 + 1e-4), 1.0]]))
+    with pytest.warns(ExtrapolationWarning, match="'y'"):
+        design_rows(m, np.array([[1.0, -1e-4]]))
+
+
 def test_bad_ranks_are_refused(tucker_ds):
     for ranks, pattern in [((3,), "one rank per space dimension"), ((3, 3, 3), "one rank per space dimension"),
                            ((3, 0), "positive"), ((3, -1), "positive"), ((3, 2.5), "positive")]:

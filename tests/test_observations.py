@@ -100,6 +100,22 @@ def test_load_rejects_foreign_and_corrupt(tmp_path, traj):
         ObservationSet.load(broken)
 
 
+def test_a_file_without_noise_scale_reads_as_unknown_noise(tmp_path, traj):
+    # issue 16 item 6: noise_scale is optional in the API (None = unknown) but a file without the
+    # variable failed with "KeyError: 'noise_scale'"
+    obs = sample_observations(jax.random.key(0), traj, rho=0.1, noise="gaussian", noise_scale=0.2)
+    ds = obs.to_dataset().drop_vars("noise_scale")
+    ds.to_netcdf(tmp_path / "no_noise.nc", engine="h5netcdf")
+    back = ObservationSet.load(tmp_path / "no_noise.nc")
+    assert np.isnan(back.noise_scale).all() and back.noise_scale.shape == (obs.n_points,)
+    np.testing.assert_array_equal(back.value, obs.value)
+    # a required variable missing is named as such, not as a Python KeyError
+    obs.to_dataset().drop_vars("time").to_netcdf(tmp_path / "no_time.nc", engine="h5netcdf")
+    with pytest.raises(FormatError, match="no_time.nc.*no variable 'time'") as err:
+        ObservationSet.load(tmp_path / "no_time.nc")
+    assert "KeyError" not in str(err.value) and str(err.value).count("malformed") == 1
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

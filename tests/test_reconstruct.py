@@ -203,3 +203,41 @@ def test_shipped_prior_mpdps_beats_dps_on_interlaced_observations():
                                       sigma=0.1 * run.ftm.normalizer.std), truth)["vrmse"] for m in ("mpdps", "dps")}
     assert scores["mpdps"] < 0.85 * scores["dps"], scores
     assert scores["mpdps"] < 0.15  # the training-mean field scores about 0.17 on this trajectory
+
+
+# --- checks before any work (issue 16) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped_obs():
+    from sdift_prob import pretrained
+
+    bundle = pretrained.path("ocean")
+    return bundle / "run", ObservationSet.load(bundle / "obs_rho1pct.nc")
+
+
+@pytest.mark.parametrize("key", [0, np.int64(0), np.asarray(jax.random.key_data(jax.random.key(0)))],
+                         ids=["int", "np.int64", "raw key data"])
+def test_an_untyped_key_is_the_usual_one_line_error(shipped_obs, key):
+    run_dir, obs = shipped_obs
+    with pytest.raises(InputError, match=r"^key: expected a single typed PRNG key from jax\.random\.key\(seed\)"):
+        reconstruct(run_dir, obs, key=key, draws=1)
+
+
+def test_fewer_sampler_steps_than_tested_warn_before_any_work(shipped_obs, tmp_path):
+    import warnings
+
+    from inference.guided import GuidedConfig
+    from sdift_prob.errors import UntestedSettingWarning
+
+    _, obs = shipped_obs
+    nowhere = tmp_path / "nowhere"  # the warning comes before the run is even opened
+    with pytest.warns(UntestedSettingWarning, match=r"^num_steps: 2 sampler steps .*below 8 steps are untested"):
+        with pytest.raises(InputError, match="run_dir"):
+            reconstruct(nowhere, obs, key=jax.random.key(0), config=GuidedConfig(num_steps=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntestedSettingWarning)
+        for sampler, config in (("mpdps", GuidedConfig(num_steps=8)), ("dps", None),
+                                ("gp", GuidedConfig(num_steps=2))):  # gp takes no steps
+            with pytest.raises(InputError, match="run_dir"):
+                reconstruct(nowhere, obs, key=jax.random.key(0), sampler=sampler, config=config)

@@ -14,8 +14,10 @@ from sdift_prob.run import (
     RUN_FORMAT_VERSION,
     add_artifact,
     create_run,
+    manifest_digest,
     new_run,
     read_manifest,
+    seal_run,
     section_files,
     section_info,
 )
@@ -163,3 +165,97 @@ def test_missing_section_is_a_format_error(tmp_path):
 
     with pytest.raises(FormatError, match="no 'ftm' section"):
         load_run(run)
+
+
+# --- sealed manifests (issue 16 item 4) ------------------------------------------------------------
+
+
+def _unsealed(run: Path) -> dict:
+    """Strip the manifest's own checksum, as manifests written before it existed look."""
+    manifest = json.loads((run / MANIFEST).read_text())
+    manifest.pop("manifest_sha256")
+    (run / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def test_every_written_manifest_is_sealed(tmp_path):
+    run = create_run(tmp_path / "run")
+    assert json.loads((run / MANIFEST).read_text())["manifest_sha256"]
+    add_artifact(run, "ftm", {"a.txt": text_writer("alpha")}, {"k": 1})
+    manifest = json.loads((run / MANIFEST).read_text())
+    assert manifest["manifest_sha256"] == manifest_digest(manifest)
+    with new_run(tmp_path / "other") as tmp:
+        add_artifact(tmp, "ftm", {"a.txt": text_writer("x")}, {})
+    read_manifest(tmp_path / "other")
+
+
+def test_a_manifest_without_its_checksum_is_refused_with_the_way_to_seal_it(tmp_path):
+    run = create_run(tmp_path / "run")
+    add_artifact(run, "ftm", {"a.txt": text_writer("alpha")}, {"omega": 20.0})
+    _unsealed(run)
+    with pytest.raises(FormatError, match="no manifest_sha256") as err:
+        section_info(run, "ftm")
+    assert f"sdift seal {run}" in str(err.value) and "seal_run" in str(err.value)
+    read_manifest(run, verify=False)  # reading it unverified, on purpose, still works
+    digest = seal_run(run)
+    assert read_manifest(run)["manifest_sha256"] == digest
+    assert section_info(run, "ftm") == {"omega": 20.0}
+    assert seal_run(run) == digest  # sealing a sealed manifest changes nothing
+
+
+def test_seal_run_refuses_damaged_or_edited_runs(tmp_path):
+    run = create_run(tmp_path / "run")
+    add_artifact(run, "ftm", {"a.txt": text_writer("alpha")}, {"omega": 20.0})
+    # a sealed manifest edited by hand is not blessed by sealing it again
+    manifest = json.loads((run / MANIFEST).read_text())
+    manifest["sections"]["ftm"]["info"]["omega"] = 30.0
+    (run / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match="changed after it was written"):
+        seal_run(run)
+    # an unsealed manifest whose files do not match is not sealed
+    manifest["sections"]["ftm"]["info"]["omega"] = 20.0
+    manifest.pop("manifest_sha256")
+    (run / MANIFEST).write_text(json.dumps(manifest))
+    (run / "a.txt").write_text("ALPHA")
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        seal_run(run)
+    assert "manifest_sha256" not in json.loads((run / MANIFEST).read_text())
+    with pytest.raises(InputError, match="run_dir"):
+        seal_run(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", ["ocean", "fluid2d"])
+def test_shipped_bundles_are_sealed_and_an_edited_omega_is_refused(name, tmp_path):
+    import shutil
+
+    from sdift_prob import pretrained
+    from sdift_prob.ftm import load_run
+
+    shipped = pretrained.path(name) / "run"
+    manifest = json.loads((shipped / MANIFEST).read_text())
+    assert manifest["manifest_sha256"] == manifest_digest(manifest)
+    read_manifest(shipped)
+    run = tmp_path / "run"
+    shutil.copytree(shipped, run)
+    manifest["sections"]["ftm"]["info"]["config"]["omega"] = 30.0
+    (run / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    with pytest.raises(FormatError, match="changed after it was written"):
+        load_run(run)
+    manifest.pop("manifest_sha256")  # and with the checksum removed as well
+    (run / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    with pytest.raises(FormatError, match="no manifest_sha256"):
+        load_run(run)
+
+
+def test_sdift_seal_command(tmp_path, capsys):
+    from sdift_prob import cli
+
+    run = create_run(tmp_path / "run")
+    add_artifact(run, "ftm", {"a.txt": text_writer("alpha")}, {})
+    _unsealed(run)
+    assert cli.main(["seal", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "sealed" in out and str(run) in out
+    read_manifest(run)
+    assert cli.main(["seal", str(tmp_path / "nowhere")]) == 1
+    assert "RUN_DIR: expected an existing run directory" in capsys.readouterr().err

@@ -43,3 +43,28 @@ def check_out_folder(path: Any, flag: str = "--out") -> None:
     parent = Path(path).expanduser().parent
     if not parent.is_dir():
         raise bad_input(flag, "a path in an existing folder", str(path))
+
+
+def check_out_file(path: Any, overwrite: bool, flag: str = "--out", example: str = "out.nc") -> None:
+    """Before any long work: `path` must be a file this process can write: not a directory, not
+    an existing file unless `overwrite`, in an existing folder where it can create files (tried
+    with a temporary file, removed at once; permission bits alone do not say it for root or
+    read-only file systems)."""
+    import tempfile
+    from pathlib import Path
+
+    from ..errors import InputError, bad_input
+
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(f"{flag}: {path} is a directory; expected the path of a file to write "
+                         f"(a name inside it, e.g. {out / example})")
+    if out.exists() and not overwrite:
+        raise bad_input(flag, "a path that does not exist yet (or pass --overwrite)", str(path))
+    check_out_folder(path, flag)
+    try:
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{flag}: cannot write a file in the folder {out.parent} "
+                         f"({exc.strerror or type(exc).__name__})") from None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import bad_input
-from . import HelpFormatter, check_out_folder, check_seed
+from ..errors import UntestedSettingWarning, bad_input, warn_untested_steps
+from . import HelpFormatter, check_out_file, check_seed
 
 ARGUMENT_NAMES = {"num_steps": "--steps", "path": "OBS.nc", "run_dir": "RUN_DIR", "chunk_size": "--chunk-size"}
 HELP = "reconstruct the full field from an observation set (posterior draws -> netCDF)"
@@ -61,7 +61,8 @@ def register(subparsers: Any) -> None:
                    help="observation noise model")
     p.add_argument("--sigma", default=None,
                    help="noise std in physical units, 'metadata' or 'infer' (default: metadata if known, else infer)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 20)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default 20; fewer than 8 are untested and warned about)")
     p.add_argument("--zeta", type=float, default=None, help="guidance strength (default 1: conjugate update)")
     p.add_argument("--lam", type=float, default=None, help="MPDPS message weight (default 0.4)")
     p.add_argument("--message-kernel", choices=("reference", "fitted"), default="reference",
@@ -79,6 +80,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
+    import warnings
     from pathlib import Path
 
     import jax
@@ -91,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_seed(args.seed)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise bad_input("--out", "a path that does not exist (or pass --overwrite)", str(out))
-    check_out_folder(out)
+    check_out_file(out, args.overwrite, example="posterior.nc")
+    if args.sampler != "gp":  # gp takes no steps
+        warn_untested_steps(args.steps, "--steps")
     sigma: Any = args.sigma
     if sigma is not None and sigma not in ("metadata", "infer"):
         try:
@@ -106,12 +108,15 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, **changes)
     run_ = open_run(args.run_dir, require_prior=args.sampler != "gp")
     obs = ObservationSet.load(args.obs)
-    idata = reconstruct(
-        run_, obs, key=jax.random.key(args.seed), sampler=args.sampler, draws=args.draws, chains=args.chains,
-        times=parse_float_list(args.times, "--times"), resolution=args.resolution, likelihood=args.likelihood,
-        sigma=sigma, config=config, chunk_size=_chunk_size(args), progress=not args.no_progress,
-        message_kernel=args.message_kernel,
-    )
+    with warnings.catch_warnings():
+        # already said above, as --steps
+        warnings.filterwarnings("ignore", message="num_steps:", category=UntestedSettingWarning)
+        idata = reconstruct(
+            run_, obs, key=jax.random.key(args.seed), sampler=args.sampler, draws=args.draws, chains=args.chains,
+            times=parse_float_list(args.times, "--times"), resolution=args.resolution, likelihood=args.likelihood,
+            sigma=sigma, config=config, chunk_size=_chunk_size(args), progress=not args.no_progress,
+            message_kernel=args.message_kernel,
+        )
     save_posterior(idata, out, overwrite=args.overwrite)
     print(f"wrote {out} ({args.sampler}, {args.chains} x {args.draws} draws, "
           f"{float(idata.posterior.attrs.get('wall_time_s', 0.0)):.1f} s sampling)")

@@ -11,13 +11,13 @@ import jax
 import numpy as np
 import xarray as xr
 
-from ..errors import bad_input
+from ..errors import bad_input, warn_untested_steps
 from ..ftm import FTMFit, decode_grid, load_run
 from ..gp import validate_times
 from ..gpsd.prior import load_prior
 from ..io import NETCDF_ENGINE, atomic_file
 from ..run import section_info
-from . import HelpFormatter, check_out_folder, check_seed
+from . import HelpFormatter, check_out_file, check_seed
 
 ARGUMENT_NAMES = {"num_steps": "--steps", "run_dir": "RUN_DIR"}
 
@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
     when.add_argument("--n-times", type=int, default=None, metavar="M",
                       help="M evenly spaced time stamps over the training time range")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the prior's, 20)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the prior's, 20; fewer than 8 are untested and warned about)")
     p.add_argument("--batch-size", type=int, default=None, help="draws per vmapped batch (default: all)")
     p.add_argument("--out", required=True, metavar="SAMPLES.nc", help="netCDF file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -121,9 +122,8 @@ def run(args: argparse.Namespace) -> int:
         raise bad_input("--draws", "an integer >= 1", args.draws)
     check_seed(args.seed)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise bad_input("--out", "a file that does not exist yet (or --overwrite)", str(out))
-    check_out_folder(out)
+    check_out_file(out, args.overwrite, example="samples.nc")
+    warn_untested_steps(args.steps, "--steps")
     root = Path(args.run_dir)
     fit = load_run(root)
     prior = load_prior(root)

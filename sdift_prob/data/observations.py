@@ -312,17 +312,27 @@ class ObservationSet:
         if version != OBSERVATION_FORMAT_VERSION:
             raise FormatError(f"observation set format version {version!r}, expected {OBSERVATION_FORMAT_VERSION}")
         try:
+            for name in ("space_dims", "noise_model"):
+                if name not in ds.attrs:
+                    raise FormatError(f"malformed observation set: no attribute {name!r}")
             dims = tuple(json.loads(ds.attrs["space_dims"]))
+            for name in ("value", "time", *dims):
+                if name not in ds.variables:
+                    raise FormatError(f"malformed observation set: no variable {name!r}")
             attrs = json.loads(ds.attrs.get("provenance", "{}"))
+            # noise_scale is optional, as in the constructor: without it every point's is unknown
+            noise = ds["noise_scale"].values if "noise_scale" in ds.variables else None
             return cls(
                 value=ds["value"].values,
                 time=ds["time"].values,
                 coords=np.stack([ds[d].values for d in dims], axis=-1),
                 space_dims=dims,
-                noise_scale=ds["noise_scale"].values,
+                noise_scale=noise,
                 noise_model=str(ds.attrs["noise_model"]),
                 attrs=attrs,
             )
+        except FormatError:
+            raise
         except (KeyError, ValueError, TypeError) as exc:  # InputError is a ValueError
             raise FormatError(f"malformed observation set: {type(exc).__name__}: {exc}") from exc
 

@@ -31,6 +31,18 @@ class ExtrapolationWarning(UserWarning):
     """Coordinates lie outside the training domain but within the allowed margin."""
 
 
+# Coordinates are used in float32: a point on the domain's edge may be rounded just outside it
+# (float32(2 pi) > 2 pi). Overshoots of up to this many float32 rounding steps at the bounds'
+# magnitude count as inside (no ExtrapolationWarning).
+EDGE_TOLERANCE_ULPS = 4
+
+
+def _edge_tolerance(lo: float, hi: float) -> float:
+    """Float rounding allowed at the bounds of `[lo, hi]`, as a fraction of its width."""
+    scale = max(abs(lo), abs(hi), hi - lo)
+    return EDGE_TOLERANCE_ULPS * float(np.finfo(np.float32).eps) * scale / (hi - lo)
+
+
 def check_ranks(ranks: object, n_modes: int, *, argument: str = "ranks") -> tuple[int, ...]:
     """Validate Tucker ranks: one positive integer per space dimension.
 
@@ -193,7 +205,8 @@ def _as_coords_2d(name: str, coords: object, n_modes: int) -> Array:
 
 
 def _check_domain(model: FunctionalTucker, k: int, x: Array, argument: str) -> None:
-    """Refuse coordinates beyond the margin; warn (once per call) for mild extrapolation.
+    """Refuse coordinates beyond the margin; warn (once per call) for mild extrapolation
+    (beyond float rounding at the edge, `EDGE_TOLERANCE_ULPS`).
 
     Skipped for traced values: the check needs concrete numbers, so callers inside `jit`
     should validate their coordinates once, outside.
@@ -212,7 +225,8 @@ def _check_domain(model: FunctionalTucker, k: int, x: Array, argument: str) -> N
             f"extended by the margin {model.margin:g} of its width (i.e. [{lo - span:g}, {hi + span:g}])",
             f"values in [{float(xs.min()):g}, {float(xs.max()):g}]",
         )
-    if u_min < 0.0 or u_max > 1.0:
+    tol = _edge_tolerance(lo, hi)
+    if u_min < -tol or u_max > 1.0 + tol:
         warnings.warn(
             f"{argument}: coordinates of {model.space_dims[k]!r} extend to "
             f"[{float(xs.min()):g}, {float(xs.max()):g}], outside the training domain "
