@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from benchmarks.variants import parse_variant
 from inference.guided import GuidedConfig, sample_posterior
 from sdift_prob.data.observations import PaddedObservations
 from sdift_prob.gp import TemporalKernel
@@ -215,23 +216,13 @@ def ftm_rows(name: str = "ocean") -> tuple[Callable[[np.random.Generator, int], 
     return rows, int(np.prod(run.core_shape))
 
 
-def configs(sigma_y: float, num_steps: int = 20, cg: Sequence[int] = (1, 3, 5, 10, 20)) -> dict[str, GuidedConfig]:
-    """The samplers compared: the paper's two rules and the moment-matched one at several CG budgets."""
-    base = dict(sigma_y=sigma_y, num_steps=num_steps)
-    return {
-        "mpdps_fisher": GuidedConfig(method="mpdps", guidance="fisher", **base),
-        "dps_fisher": GuidedConfig(method="dps", guidance="fisher", **base),
-        "dps_fisher_through": GuidedConfig(method="dps", guidance="fisher", through_denoiser=True, **base),
-        **{f"mmps_cg{k}": GuidedConfig(method="dps", guidance=_mmps(k), **base) for k in cg},
-        **{f"mmps_plain_cg{k}": GuidedConfig(method="dps", guidance=_mmps(k, False), **base) for k in cg},
-        "mmps_cg5_messages": GuidedConfig(method="mpdps", guidance=_mmps(5), **base),
-    }
+DEFAULT_VARIANTS = ("mpdps", "dps", "dps_through", "mmps_cg1", "mmps_cg3", "mmps_cg5", "mmps_cg10",
+                    "mmps_cg3_plain", "mmps_cg5_msg")
 
 
-def _mmps(cg_steps: int, precondition: bool = True) -> Any:
-    from inference.guidance import MomentMatching
-
-    return MomentMatching(cg_steps=cg_steps, precondition=precondition)
+def configs(sigma_y: float, names: Sequence[str] = DEFAULT_VARIANTS) -> dict[str, GuidedConfig]:
+    """The samplers compared (names: `benchmarks.variants`), at noise level `sigma_y`."""
+    return {name: parse_variant(name, sigma_y=sigma_y) for name in names}
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -247,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--points", type=int, default=92, help="observed points per observed frame")
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--noise", type=float, nargs="+", default=[0.1, 0.03, 0.01], help="σ_y (field std units)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--samplers", nargs="*", default=None, help="subset of the sampler names")
+    p.add_argument("--samplers", nargs="*", default=list(DEFAULT_VARIANTS),
+                   help="sampler variants (benchmarks.variants), e.g. mmps_cg3_s10_lan1")
     p.add_argument("--design", choices=("ftm", "gaussian"), default="ftm")
     p.add_argument("--dim", type=int, default=512, help="core size D for --design gaussian")
     p.add_argument("--decay", type=float, default=1.0, help="prior spectrum λ_d ∝ (1 + d)^-decay (0: isotropic)")
@@ -265,8 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, Any] = {"config": {**vars(args), "D": D, "s": s, "m": m, "prior_lengthscale": 0.2,
                                           "noise_kernel": NOISE_KERNEL.to_dict()}, "cells": {}}
     for noise in args.noise:
-        cfgs = configs(noise, args.steps)
-        names = args.samplers or list(cfgs)
+        cfgs = configs(noise, args.samplers)
+        names = list(cfgs)
         for setting, observed in settings.items():
             cell = f"{setting}_noise{noise:g}"
             reps = [make_replicate(prior, rows, points=args.points, observed=observed, sigma_y=noise, m=m, s=s,

@@ -119,17 +119,22 @@ def _pcg(op: Callable[[Array], tuple[Array, Array]], precond: Callable[[Array], 
     of `v`, which saves the denoiser JVP that computing `T v` afterwards would cost."""
 
     def body(carry: tuple[Array, ...], _: None) -> tuple[tuple[Array, ...], None]:
-        tv, r, p, rz = carry
+        tv, r, p, rz, going = carry
         ap, tp = op(p)
-        alpha = _safe_div(rz, jnp.sum(p * ap))
+        pap = jnp.sum(p * ap)
+        # op = I + S with S ⪰ 0 in theory; a learned denoiser's Jacobian is neither symmetric nor
+        # positive, and a direction with pᵀ op p < pᵀ p (negative curvature of S) would send CG
+        # far along it. Stop there, keeping the iterate so far (truncated CG, as Steihaug's).
+        going = going & (pap >= jnp.sum(p * p))
+        alpha = jnp.where(going, _safe_div(rz, pap), 0.0)
         r = r - alpha * ap
         z = precond(r)
         rz_new = jnp.sum(r * z)
-        return (tv + alpha * tp, r, z + _safe_div(rz_new, rz) * p, rz_new), None
+        return (tv + alpha * tp, r, z + _safe_div(rz_new, rz) * p, rz_new, going), None
 
     _, t_shape = jax.eval_shape(op, b)
     z = precond(b)
-    init = (jnp.zeros(t_shape.shape, t_shape.dtype), b, z, jnp.sum(b * z))
+    init = (jnp.zeros(t_shape.shape, t_shape.dtype), b, z, jnp.sum(b * z), jnp.array(True))
     (tv, *_), _ = jax.lax.scan(body, init, None, length=steps)
     return tv
 

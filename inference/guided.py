@@ -1,4 +1,4 @@
-"""Guided posterior sampling of FTM core sequences: DPS and message-passing DPS (MPDPS).
+"""Guided posterior sampling of FTM core sequences: moment matching (MMPS), DPS and message-passing DPS.
 
 The prior is any denoiser `denoise(x (M, R..), sigma, t (M,)) -> x0` in normalised core units
 (the trained GPSD prior, or an exact analytic one in tests); the likelihood comes from the NumPyro
@@ -9,9 +9,15 @@ with the denoiser's estimate of the clean sequence corrected by the data at ever
 Units: the sampler state `x` is in normalised core units, `W = core_mean + core_std · x` in FTM
 core units; observation values and σ_y are in normalised field units.
 
-Guidance modes (`GuidedConfig.guidance`):
+Guidance rules (`GuidedConfig.guidance`, objects of `inference.guidance`):
 
-- `"fisher"` (default). At noise level σ the clean sequence given the state is approximated as
+- `MomentMatching` / `"mmps"` (default): the Gaussian update of x̂0 with the Tweedie covariance
+  `σ² J_D (Σ_t ⊗ I)` of the whole sequence, by preconditioned conjugate gradients over the
+  observed points (`inference.guidance`). Exact in the linear-Gaussian limit as the CG budget
+  grows (`benchmarks/exactness.py`); frames without data move through the prior's coupling.
+  Each frame's own points enter with the IRLS precision of `_point_terms`, the same that the
+  rules below use, so every likelihood works.
+- `Fisher` / `"fisher"`. At noise level σ the clean sequence given the state is approximated as
   `x0 | x ~ N(x̂0, r² I)`, `r² = σ² σ_d² / (σ² + σ_d²)` (Tweedie, isotropic), and the denoiser
   output is replaced by one Gauss-Newton step on the log-likelihood,
   `x̂0' = x̂0 + ζ r² (I + r² s² H)⁻¹ s g`, with `s = core_std` (chain rule of `W = m + s x`),
@@ -131,14 +137,18 @@ class GuidedConfig(eqx.Module):
 
     **Fields:**
 
-    - `method`: `"mpdps"` (message passing between frames) or `"dps"` (λ = 0).
+    - `method`: `"dps"` (default: each frame's own data; with `"mmps"` guidance the prior's
+      coupling carries them to the other frames) or `"mpdps"` (adds the paper's GP messages
+      between frames, for the `"fisher"`/`"reference"` rules; on top of `"mmps"` they count the
+      data twice — kept for ablations).
     - `num_steps`: Heun steps over the Karras schedule of `edm` (last step Euler).
-    - `zeta`: guidance strength ζ (1 = the conjugate update in `"fisher"` mode).
+    - `zeta`: guidance strength ζ (1 = the conjugate update with the `"mmps"` and `"fisher"` rules).
     - `zeta_schedule`: `"constant"` (ζ) or `"harmonic"` (ζ/(i+1) at step i, the public code's).
     - `lam`: message weight λ of MPDPS (reference 0.4).
     - `message_kernel`: GP kernel over normalised time for the leave-one-out messages
       (default: the public code's `exp(−Δt²)`); `message_jitter`: its relative jitter (1e-3).
-    - `guidance`: `"fisher"` or `"reference"` (see the module docstring).
+    - `guidance`: a rule from `inference.guidance` — `MomentMatching(cg_steps)` (default, alias
+      `"mmps"`), `Fisher()` (`"fisher"`) or `Reference()` (`"reference"`); see the module docstring.
     - `through_denoiser`: full DPS: differentiate the likelihood through the denoiser
       (`jax.vjp`, about 3x the cost per step); `"fisher"` mode only.
     - `churn`: EDM's S_churn (0: the deterministic probability-flow sampler).
@@ -158,14 +168,14 @@ class GuidedConfig(eqx.Module):
       `S_max`, `S_noise` (its own `num_steps`/`S_churn` are replaced by the fields here).
     """
 
-    method: str = eqx.field(static=True, default="mpdps")
+    method: str = eqx.field(static=True, default="dps")
     num_steps: int = eqx.field(static=True, default=20)
     zeta: float = eqx.field(static=True, default=1.0)
     zeta_schedule: str = eqx.field(static=True, default="constant")
     lam: float = eqx.field(static=True, default=0.4)
     message_kernel: TemporalKernel = eqx.field(static=True, default_factory=reference_message_kernel)
     message_jitter: float = eqx.field(static=True, default=1e-3)
-    guidance: GuidanceRule = eqx.field(static=True, default_factory=Fisher, converter=as_guidance_rule)
+    guidance: GuidanceRule = eqx.field(static=True, default_factory=MomentMatching, converter=as_guidance_rule)
     through_denoiser: bool = eqx.field(static=True, default=False)
     churn: float = eqx.field(static=True, default=0.0)
     corrector: LangevinCorrector | None = eqx.field(static=True, default=None)

@@ -29,9 +29,11 @@ from sdift_prob.ftm import FTMFit, decode_grid, design_rows, load_run
 from sdift_prob.run import read_manifest
 
 from . import report
+from .guidance import Fisher, MomentMatching
 from .guided import GuidedConfig, sample_posterior, union_times
 
-SAMPLERS = ("mpdps", "dps", "gp")
+SAMPLERS = ("mmps", "mpdps", "dps", "gp")
+DEFAULT_SAMPLER = "mmps"
 MAX_NORMALISED_VALUE = 1e4  # |y - mean| / std beyond which observations cannot be of this field
 
 
@@ -66,6 +68,27 @@ class Run:
 
 
     @functools.cached_property
+    def representation_error(self) -> tuple[float, str]:
+        """The FTM's own error at a point (std, normalised field units) and where it comes from.
+
+        The basis cannot represent a field exactly; data assimilation calls this the
+        representativeness error and adds it to the observation error, which keeps a posterior
+        from over-fitting precise data through the basis. It is the RMSE on held-out entries at
+        fit time (`holdout_rmse`, recorded by `sdift fit-ftm` since this version); for older runs
+        the held-out VRMSE stands in for it (exact when every training trajectory has the
+        training set's variance; larger otherwise, i.e. on the safe side).
+        """
+        fit = self.provenance.get("fit", {}) if isinstance(self.provenance, dict) else {}
+        for key, what in (("holdout_rmse", "RMSE on held-out entries at fit time"),
+                          ("train_rmse", "RMSE on the training entries at fit time (no held-out entries)")):
+            if fit.get(key) is not None:
+                return float(fit[key]), what
+        for key in ("holdout_vrmse", "full_vrmse"):
+            if fit.get(key) is not None:
+                return float(fit[key]), f"{key} at fit time (per-trajectory variance taken as the training variance)"
+        return 0.0, "unknown: the run records no fit error, none added"
+
+    @functools.cached_property
     def fitted_message_kernel(self) -> Any:
         """MPDPS message kernel fitted to the training cores: Matérn-1/2 over normalised time,
         lengthscale by marginal likelihood on the standardised cores (`sdift_prob.gp.fit_lengthscale`).
@@ -81,6 +104,54 @@ class Run:
         z = (cores - cores.mean(axis=(0, 1))) / cores.std(axis=(0, 1))
         return fit_lengthscale(z, self.ftm.normalised_times(), TemporalKernel("matern12", 0.1, 1.0),
                                fit_variance=False)
+
+
+def _representation_error(run: Run, representation_error: Any) -> tuple[float, str]:
+    """`(std in normalised field units, where it came from)` of the FTM's own error at a point."""
+    if isinstance(representation_error, str):
+        if representation_error != "auto":
+            raise bad_input("representation_error", "'auto', a number >= 0 (physical units) or None",
+                            representation_error)
+        return run.representation_error
+    if representation_error is None:
+        return 0.0, "none (representation_error=None)"
+    if isinstance(representation_error, bool) or not isinstance(representation_error, (int, float, np.number)):
+        raise bad_input("representation_error", "'auto', a number >= 0 (physical units) or None", representation_error)
+    v = float(representation_error)
+    if not (math.isfinite(v) and v >= 0):
+        raise bad_input("representation_error", "a finite number >= 0 (physical units)", representation_error)
+    return v / run.ftm.normalizer.std, "given"
+
+
+def sampler_config(sampler: str, config: GuidedConfig | None = None) -> GuidedConfig:
+    """The `GuidedConfig` a sampler name stands for, with the user's `config` for everything else.
+
+    `"mmps"`: moment-matching guidance (`inference.guidance.MomentMatching`), no messages — the
+    default `GuidedConfig()`. `"mpdps"` / `"dps"`: the paper's samplers, with the config's
+    `"fisher"` or `"reference"` rule (`"fisher"` when no config is given). A config whose rule
+    contradicts the sampler is refused rather than overridden: MPDPS's messages on top of the
+    moment-matched update count the data twice (`benchmarks/exactness.py`), so that
+    combination is left to `inference.guided.sample_posterior` for ablations.
+    """
+    if sampler not in SAMPLERS or sampler == "gp":
+        raise bad_input("sampler", f"one of {tuple(s for s in SAMPLERS if s != 'gp')} for a guided config", sampler)
+    if config is None:
+        return GuidedConfig() if sampler == "mmps" else GuidedConfig(method=sampler, guidance=Fisher())
+    if not isinstance(config, GuidedConfig):
+        raise bad_input("config", "a GuidedConfig", type(config).__name__)
+    mmps = isinstance(config.guidance, MomentMatching)
+    if sampler == "mmps":
+        if not mmps:
+            raise bad_input("config.guidance", "a MomentMatching rule for sampler='mmps' (the paper's 'fisher' and "
+                            "'reference' rules are sampler='mpdps' or 'dps')", config.guidance.name)
+        if config.method != "dps":
+            raise bad_input("config.method", "'dps' for sampler='mmps' (MPDPS's messages on top of the moment-matched "
+                            "update count the data twice)", config.method)
+        return config
+    if mmps:
+        raise bad_input("config.guidance", f"'fisher' or 'reference' for sampler={sampler!r} (the paper's samplers; "
+                        "moment matching is sampler='mmps')", config.guidance.name)
+    return dataclasses.replace(config, method=sampler)
 
 
 def open_run(run_dir: str | os.PathLike, *, require_prior: bool = False) -> Run:
@@ -169,7 +240,7 @@ def reconstruct(
     obs: ObservationSet,
     *,
     key: PRNGKeyArray,
-    sampler: str = "mpdps",
+    sampler: str = DEFAULT_SAMPLER,
     draws: int = 8,
     chains: int = 1,
     times: Sequence[float] | None = None,
@@ -181,6 +252,7 @@ def reconstruct(
     chunk_size: int | None = None,
     progress: bool = False,
     message_kernel: str = "reference",
+    representation_error: float | str | None = "auto",
 ) -> Any:
     """Posterior of the full-field evolution of one trajectory given sparse observations.
 
@@ -191,7 +263,9 @@ def reconstruct(
       An empty set gives clearly labelled prior draws (`attrs["conditioned"] = 0`).
     - `key`: typed PRNG key (`jax.random.key(seed)`); the draws depend only on it and
       `(chains, draws)`.
-    - `sampler`: `"mpdps"` (default), `"dps"`, or `"gp"` (FTM + GP temporal prior, exact).
+    - `sampler`: `"mmps"` (default: moment-matching posterior sampling, the Tweedie covariance of
+      the whole sequence), `"mpdps"` / `"dps"` (the paper's samplers), or `"gp"` (FTM + GP
+      temporal prior, exact); `sampler_config` says what each stands for.
     - `draws`, `chains`: draws per chain and independent chains.
     - `times`: physical output times (default: the training time stamps). Any times: the
       sampler's grid is the union of these and the observation times.
@@ -201,13 +275,20 @@ def reconstruct(
     - `sigma`: observation noise std in physical units; `"metadata"` (per point, from
       `obs.noise_scale`); `"infer"` (σ inferred inside the sampler); None: metadata when every
       point has it, else inferred.
-    - `config`: `GuidedConfig` (its `method`, `likelihood`, `sigma_y`, `infer_sigma` are set
-      from the arguments above).
+    - `config`: `GuidedConfig` for the guided samplers (its `likelihood`, `sigma_y`,
+      `infer_sigma` are set from the arguments above; its rule must agree with `sampler`, see
+      `sampler_config`).
     - `chunk_size`: draws per compiled call; `progress`: progress bar.
     - `message_kernel`: MPDPS's GP over time for the leave-one-out messages: `"reference"`
       (the config's kernel, by default the public code's `exp(−Δt²)`) or `"fitted"`
       (`Run.fitted_message_kernel`, Matérn-1/2 fitted to the training cores; better on fields
       that decorrelate between time stamps).
+    - `representation_error`: std of the FTM's own error at a point, added in quadrature to a
+      known observation noise (fixed `sigma` or per-point metadata) in every sampler, the
+      posterior predictive and the log-likelihood: `"auto"` (default, `Run.representation_error`),
+      a number in physical units, or None (none added). An inferred σ absorbs it (σ is then the
+      total error of the observation model); the Poisson likelihood does not use it. The value
+      used and its source are in `attrs["representation_error"]`.
 
     **Returns:** `az.InferenceData` (posterior `cores`, `field`, `sigma`; posterior_predictive,
     observed_data, log_likelihood `y`; sample_stats) — see `inference.report`.
@@ -217,6 +298,7 @@ def reconstruct(
         run = open_run(run, require_prior=sampler != "gp")
     if sampler not in SAMPLERS:
         raise bad_input("sampler", f"one of {SAMPLERS}", sampler)
+    base = None if sampler == "gp" else sampler_config(sampler, config)  # a contradiction fails before any work
     if not isinstance(obs, ObservationSet):
         raise bad_input("obs", "an ObservationSet", type(obs).__name__)
     if tuple(obs.space_dims) != run.space_dims:
@@ -245,6 +327,9 @@ def reconstruct(
         grid_times, out_idx = out_times, np.arange(out_times.size)
     times_norm = run.normalise_time(grid_times)
     sigma_y, infer_sigma = _noise_setting(obs, sigma, normalizer.std, sampler) if conditioned else (1.0, False)
+    rep_error, rep_source = _representation_error(run, representation_error)
+    if conditioned and not infer_sigma and likelihood != "poisson" and sigma_y != "metadata":
+        sigma_y = math.hypot(sigma_y, rep_error)
 
     # The padded observations in normalised field units; a frame without points is all-masked.
     if conditioned:
@@ -265,7 +350,8 @@ def reconstruct(
         times=np.asarray(grid_times),
         values=np.where(mask, np.asarray(normalizer.forward(padded_phys.values)), 0.0),
         coords=coords,
-        noise_scale=np.where(mask, np.asarray(padded_phys.noise_scale) / normalizer.std, 1.0),
+        noise_scale=np.where(mask, np.hypot(np.asarray(padded_phys.noise_scale) / normalizer.std,
+                                            rep_error if sigma_y == "metadata" else 0.0), 1.0),
         mask=mask,
     )
     # One range check for every sampler, before any work: values that far from the training data
@@ -313,15 +399,14 @@ def reconstruct(
                                  "kernel": run.gp_params.kernel.name}
     else:
         prior = run.prior
-        base = config if config is not None else GuidedConfig()
-        if not isinstance(base, GuidedConfig):
-            raise bad_input("config", "a GuidedConfig", type(base).__name__)
         if message_kernel == "fitted":
             base = dataclasses.replace(base, message_kernel=run.fitted_message_kernel)
+        # Without data the draws are the prior's: no guidance at all (ζ = 0, the cheap rule).
         cfg = dataclasses.replace(
-            base, method=sampler, likelihood=likelihood, sigma_y=sigma_y, infer_sigma=infer_sigma,
+            base, likelihood=likelihood, sigma_y=sigma_y, infer_sigma=infer_sigma,
             likelihood_params=tuple(like_params.items()),
-        ) if conditioned else dataclasses.replace(base, method=sampler, zeta=0.0, sigma_y=1.0, infer_sigma=False)
+        ) if conditioned else dataclasses.replace(base, method="dps", guidance=Fisher(), through_denoiser=False,
+                                                  corrector=None, zeta=0.0, sigma_y=1.0, infer_sigma=False)
         chol = prior.noise_cholesky(jnp.asarray(times_norm))
         core_draws, info = sample_posterior(
             key, prior.denoise, design, padded, core_mean=float(prior.core_mean), core_std=float(prior.core_std),
@@ -364,6 +449,13 @@ def reconstruct(
         "likelihood": likelihood,
         "settings": settings,
         "sigma_input": sigma if isinstance(sigma, (str, type(None))) else float(sigma),
+        "representation_error": {
+            "std": rep_error * float(normalizer.std),
+            "source": rep_source,
+            "applied": ("added to the given noise" if conditioned and not infer_sigma and likelihood != "poisson"
+                        else "absorbed by the inferred sigma" if infer_sigma
+                        else "not used (poisson likelihood)" if likelihood == "poisson" else "no observations"),
+        },
         "seed_key": np.asarray(jax.random.key_data(key)).tolist(),
         "run_dir": str(run.path) if run.path is not None else "",
         "sdift_prob_version": __version__,
@@ -385,7 +477,7 @@ def calibrate_reconstruction(
     obs: ObservationSet,
     *,
     key: PRNGKeyArray,
-    sampler: str = "mpdps",
+    sampler: str = DEFAULT_SAMPLER,
     draws: int = 8,
     zetas: Sequence[float] = (0.5, 1.0, 2.0),
     holdout_fraction: float = 0.2,
@@ -406,7 +498,7 @@ def calibrate_reconstruction(
     """
     from .calibrate import calibrate
 
-    base = config if config is not None else GuidedConfig()
+    base = sampler_config(sampler, config)
 
     def sample_predictive(k: PRNGKeyArray, obs_fit: ObservationSet, obs_held: ObservationSet, zeta: float):
         held_times = np.unique(obs_held.time)
@@ -424,6 +516,8 @@ def calibrate_reconstruction(
             noise_sd = np.full((draws, 1), float(sigma))
         else:
             noise_sd = np.broadcast_to(np.nan_to_num(obs_held.noise_scale), (draws, obs_held.n_points))
+        if "sigma" not in idata.posterior:  # a given noise level: the model's error adds the FTM's own
+            noise_sd = np.hypot(noise_sd, float(report.posterior_attrs(idata)["representation_error"]["std"]))
         eps = np.asarray(jax.random.normal(jax.random.fold_in(k, 7), pred.shape))
         return pred + noise_sd * eps
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 
-def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, sampler: str = "mpdps",
+def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, sampler: str = "mmps",
              progress: bool = True) -> int:
     """Reconstruct the shipped ocean observation set with the shipped model; write figures.
 

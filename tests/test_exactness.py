@@ -70,8 +70,8 @@ def test_mmps_draws_match_the_exact_posterior(prior, setting, noise):
                          seed=11, n_exact=400)
     exact = scores(rep.exact_draws, rep)
     got = {}
-    for name in ("mmps_cg5", "dps_fisher"):
-        draws = run_sampler(configs(noise)[name], prior, rep, m=M_OFFSET, s=s, draws=400, seed=2)
+    for name in ("mmps_cg5", "dps"):
+        draws = run_sampler(configs(noise, [name])[name], prior, rep, m=M_OFFSET, s=s, draws=400, seed=2)
         got[name] = scores(draws, rep)
     mm = got["mmps_cg5"]
     # Monte Carlo error of 400 exact draws is exact["mean_error"] (0.03-0.05 here).
@@ -81,7 +81,7 @@ def test_mmps_draws_match_the_exact_posterior(prior, setting, noise):
     # the exact posterior's own figure on the same replicate is the reference.
     assert abs(mm["cover90"] - exact["cover90"]) < 0.05 and abs(mm["cover50"] - exact["cover50"]) < 0.08, (mm, exact)
     # The isotropic rule is far off on this prior: the bench can tell a wrong posterior.
-    assert got["dps_fisher"]["mean_error"] > 3 * mm["mean_error"]
+    assert got["dps"]["mean_error"] > 3 * mm["mean_error"]
 
 
 def test_messages_on_top_of_moment_matching_count_the_data_twice(prior):
@@ -90,7 +90,7 @@ def test_messages_on_top_of_moment_matching_count_the_data_twice(prior):
     s = _scale(prior)
     rep = make_replicate(prior, gaussian_rows(D), points=POINTS, observed=np.ones(M, bool), sigma_y=0.01, m=M_OFFSET,
                          s=s, seed=5, n_exact=50)
-    draws = run_sampler(configs(0.01)["mmps_cg5_messages"], prior, rep, m=M_OFFSET, s=s, draws=200, seed=0)
+    draws = run_sampler(configs(0.01, ["mmps_cg5_msg"])["mmps_cg5_msg"], prior, rep, m=M_OFFSET, s=s, draws=200, seed=0)
     assert scores(draws, rep)["z2"] > 1.5
 
 

@@ -151,6 +151,9 @@ def _fit_and_save(args: argparse.Namespace, ds: xr.Dataset, out: Path) -> int:
         "train_vrmse": round(report["train_vrmse"], 5),
         "holdout_vrmse": None if report["holdout_vrmse"] is None else round(report["holdout_vrmse"], 5),
         "full_vrmse": round(report["full_vrmse"], 5),
+        # normalised field units: the representation error reconstruct adds to the noise
+        "train_rmse": round(report["train_rmse"], 6),
+        "holdout_rmse": None if report["holdout_rmse"] is None else round(report["holdout_rmse"], 6),
         "wall_time_s": round(report["wall_time_s"], 1),
     }
     # units, long_name, coord_units and simulator come with the fit (FTMFit.metadata)

@@ -41,7 +41,8 @@ def register(subparsers: Any) -> None:
         "reconstruct", help=HELP,
         description=(
             "Sample the posterior of the full-field evolution of one trajectory given a sparse, noisy "
-            "observation set, with MPDPS (default), DPS, or the exact FTM + GP-prior posterior (gp). "
+            "observation set, with moment-matching posterior sampling (mmps, default), the paper's MPDPS or DPS, "
+            "or the exact FTM + GP-prior posterior (gp). "
             "Writes an ArviZ InferenceData netCDF (posterior field/cores/sigma, posterior predictive, "
             "log-likelihood)."
         ),
@@ -49,9 +50,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (sdift fit-ftm + sdift train-prior)")
     p.add_argument("obs", metavar="OBS.nc", help="observation set (sdift observe)")
-    p.add_argument("--sampler", choices=("mpdps", "dps", "gp"), default="mpdps",
-                   help="mpdps: guided diffusion with GP messages between time stamps; dps: without them; "
+    p.add_argument("--sampler", choices=("mmps", "mpdps", "dps", "gp"), default="mmps",
+                   help="mmps: guided diffusion with the Tweedie covariance of the whole sequence (conjugate-"
+                        "gradient solves; frames without data move through the prior's coupling); mpdps: the "
+                        "paper's guided diffusion with GP messages between time stamps; dps: without them; "
                         "gp: exact posterior under the FTM + GP temporal prior (no trained prior needed)")
+    p.add_argument("--cg-steps", type=int, default=None,
+                   help="mmps: conjugate-gradient iterations per guided estimate (default "
+                        f"{_default_cg_steps()}; each costs about one denoiser evaluation)")
     p.add_argument("--draws", type=int, default=8, help="posterior draws per chain")
     p.add_argument("--chains", type=int, default=1, help="independent chains")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
@@ -85,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     import jax
 
-    from inference.guided import GuidedConfig
-    from inference.reconstruct import open_run, reconstruct
+    from inference.reconstruct import open_run, reconstruct, sampler_config
     from inference.report import save_posterior
 
     from ..data.observations import ObservationSet
@@ -102,10 +107,20 @@ def run(args: argparse.Namespace) -> int:
             sigma = float(sigma)
         except ValueError:
             raise bad_input("--sigma", "a number, 'metadata' or 'infer'", sigma) from None
-    config = GuidedConfig()
-    changes = {k: v for k, v in (("num_steps", args.steps), ("zeta", args.zeta), ("lam", args.lam)) if v is not None}
-    if changes:
-        config = dataclasses.replace(config, **changes)
+    config = None
+    if args.sampler != "gp":
+        if args.cg_steps is not None and args.sampler != "mmps":
+            raise bad_input("--cg-steps", "only with --sampler mmps", args.cg_steps)
+        if args.lam is not None and args.sampler != "mpdps":
+            raise bad_input("--lam", "only with --sampler mpdps (the message weight)", args.lam)
+        config = sampler_config(args.sampler)
+        changes = {k: v for k, v in (("num_steps", args.steps), ("zeta", args.zeta), ("lam", args.lam)) if v is not None}
+        if args.cg_steps is not None:
+            if args.cg_steps < 1:
+                raise bad_input("--cg-steps", "an integer >= 1", args.cg_steps)
+            changes["guidance"] = dataclasses.replace(config.guidance, cg_steps=args.cg_steps)
+        if changes:
+            config = dataclasses.replace(config, **changes)
     run_ = open_run(args.run_dir, require_prior=args.sampler != "gp")
     obs = ObservationSet.load(args.obs)
     with warnings.catch_warnings():
@@ -121,3 +136,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({args.sampler}, {args.chains} x {args.draws} draws, "
           f"{float(idata.posterior.attrs.get('wall_time_s', 0.0)):.1f} s sampling)")
     return 0
+
+
+def _default_cg_steps() -> int:
+    from inference.guidance import MomentMatching
+
+    return MomentMatching().cg_steps

@@ -762,6 +762,10 @@ def fit_ftm(
         "train_vrmse": float(np.nanmean(train_v)),
         "holdout_vrmse": float(np.nanmean(hold_v)) if use_holdout else None,
         "full_vrmse": float(np.mean(full_v)),
+        # RMSE in normalised field units over all entries of the set: the FTM's representation
+        # error, which the samplers add to the observation noise (inference.reconstruct).
+        "train_rmse": float(np.sqrt(sse[:, 0].sum() / max(int(n_train_per.sum()), 1))),
+        "holdout_rmse": float(np.sqrt(sse[:, 1].sum() / max(n_holdout, 1))) if use_holdout else None,
         "train_vrmse_per_trajectory": train_v.tolist(),
         "holdout_vrmse_per_trajectory": hold_v.tolist() if use_holdout else None,
         "full_vrmse_per_trajectory": full_v.tolist(),
