@@ -13,7 +13,9 @@ from .calibrate import calibrate as calibrate
 from .reconstruct import Run as Run
 from .reconstruct import open_run as open_run
 from .reconstruct import reconstruct as reconstruct
+from .report import coverage_by as coverage_by
 from .report import evaluate as evaluate
 from .report import load_posterior as load_posterior
+from .report import p_exceed as p_exceed
 from .report import save_posterior as save_posterior
 from .report import to_inference_data as to_inference_data

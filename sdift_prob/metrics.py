@@ -3,6 +3,9 @@
 Point accuracy: `vrmse` (as in The Well and the SDIFT paper), `rmse`, `mae`.
 Uncertainty: `crps_ensemble`, `interval_coverage`, `pit_values`. Report figures over test
 trajectories with `summarise`.
+Multivariate (whole frames, from the `scoringrules` library): `energy_score`, `variogram_score`.
+Marginal scores (CRPS, coverage, PIT) look at one entry at a time and cannot see a wrong spatial
+correlation of the draws; these two can.
 
 Missing truth: NaN entries of `truth` (land, gaps; e.g. a field read with
 `sdift_prob.data.from_xarray`) are masked — left out of every mean, and NaN in per-entry
@@ -12,7 +15,7 @@ are an error anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -343,5 +346,147 @@ def summarise(values: Float[ArrayLike, " n"], *, ddof: int = 0) -> tuple[float, 
     return float(v.mean()), float(v.std(ddof=ddof))
 
 
-__all__ = ["INTERVAL_METHODS", "crps_ensemble", "crps_gaussian", "gaussian_interval_coverage", "interval_bounds",
-           "interval_coverage", "mae", "pit_values", "rmse", "summarise", "vrmse"]
+# -- multivariate scores over whole frames (scoringrules) -------------------------------------------
+# Frames are the entries of the first axis (time stamps); each frame's non-missing points form one
+# vector. `scoringrules` is called with its NumPy backend: its default is numba when installed,
+# which would make the figures depend on what else is in the environment.
+VARIOGRAM_MAX_POINTS = 400
+
+
+def _check_subsample(max_points: Any, seed: Any) -> None:
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer))
+                                   or max_points < 2):
+        raise bad_input("max_points", "None (whole frames) or an int >= 2", max_points)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise bad_input("seed", "an int >= 0", seed)
+
+
+def _frame_inputs(truth: Any, draws: Any) -> tuple[np.ndarray, np.ndarray]:
+    y, x = _ensemble(truth, draws)
+    if y.ndim < 2:
+        raise bad_input("truth", "shape (T, *space): frames along the first axis, at least one space axis",
+                        f"shape {y.shape}")
+    return y, x
+
+
+def _frames(
+    y: np.ndarray, x: np.ndarray, max_points: int | None, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`(y (D,), x (S, D))` per frame of checked `y (T, *space)`, `x (S, T, *space)`: the frame's
+    non-missing points, at most `max_points` of them.
+
+    The subset comes from one permutation of the spatial points (`seed`), shared by all frames:
+    under a fixed land mask every frame, and every posterior on the same grid, is scored on the
+    same points. A frame whose truth is all missing gives `D = 0`.
+    """
+    t = y.shape[0]
+    y_flat = y.reshape(t, -1)
+    x_flat = x.reshape(x.shape[0], t, -1)
+    n_space = y_flat.shape[1]
+    order = None
+    if max_points is not None and max_points < n_space:
+        order = np.random.default_rng(int(seed)).permutation(n_space)
+    for i in range(t):
+        if order is None:
+            keep = np.flatnonzero(~np.isnan(y_flat[i]))
+        else:
+            keep = order[~np.isnan(y_flat[i, order])][:max_points]
+        yield y_flat[i, keep], x_flat[:, i, keep]
+
+
+def _reduce_frames(per_frame: np.ndarray, reduce: str) -> float | np.ndarray:
+    return float(np.nanmean(per_frame)) if reduce == "mean" else per_frame
+
+
+def _check_reduce(reduce: Any) -> None:
+    if reduce not in ("mean", "none"):
+        raise bad_input("reduce", "'mean' or 'none'", reduce)
+
+
+def energy_score(
+    truth: Float[ArrayLike, "T *space"],
+    draws: Float[ArrayLike, "S T *space"],
+    *,
+    max_points: int | None = None,
+    seed: int = 0,
+    reduce: Literal["mean", "none"] = "mean",
+) -> float | Float[np.ndarray, " T"]:
+    """Energy score of the draws per frame (lower is better), `scoringrules.es_ensemble`.
+
+    `ES = E‖X − y‖ − ½ E‖X − X′‖` with `‖·‖` the Euclidean norm over all (non-missing) points of
+    one frame, estimated with the fair estimator (pairs of distinct draws, like `crps_ensemble(...,
+    fair=True)`; with one point per frame it equals that CRPS). Proper for the joint distribution of
+    a frame: draws with the right marginals but the wrong spatial correlation score worse.
+
+    Units: those of the field; the value grows like the square root of the number of points, so
+    compare only posteriors on the same grid (and the same `max_points`, `seed`).
+    Memory: `S² × D` floats per frame (75 MB for 32 draws of a 9,216-point frame).
+
+    **Arguments:**
+
+    - `truth`: `(T, *space)`, frames along the first axis; NaN entries (missing) are left out of
+      their frame. `draws`: `(S, T, *space)`, S >= 2 (the fair estimator needs pairs).
+    - `max_points`: None (default) scores whole frames; an int scores a random subset of that
+      many points per frame, drawn with `seed` (the same points in every frame).
+    - `reduce`: `"mean"` -> the mean over frames (frames with no truth left out), `"none"` -> `(T,)`,
+      NaN for frames with no truth.
+    """
+    import scoringrules as sr
+
+    y, x = _frame_inputs(truth, draws)
+    _check_subsample(max_points, seed)
+    _check_reduce(reduce)
+    if x.shape[0] < 2:
+        raise bad_input("draws", "at least 2 draws (the fair energy score needs pairs of distinct draws)",
+                        f"shape {x.shape}")
+    frames = _frames(y, x, max_points, seed)
+    per_frame = np.array([float(sr.es_ensemble(y, x, estimator="fair", backend="numpy")) if y.size else np.nan
+                          for y, x in frames])
+    return _reduce_frames(per_frame, reduce)
+
+
+def variogram_score(
+    truth: Float[ArrayLike, "T *space"],
+    draws: Float[ArrayLike, "S T *space"],
+    *,
+    p: float = 0.5,
+    max_points: int | None = VARIOGRAM_MAX_POINTS,
+    seed: int = 0,
+    reduce: Literal["mean", "none"] = "mean",
+) -> float | Float[np.ndarray, " T"]:
+    """Variogram score of order `p` per frame (lower is better), `scoringrules.vs_ensemble`.
+
+    `VS_p = Σ_i Σ_j (|y_i − y_j|^p − mean_s |x_si − x_sj|^p)²` over all ordered pairs of points of
+    one frame, unit weights, the standard (not fair) estimator of Scheuerer & Hamill (2015). It
+    compares the variogram (the spread of differences between points) of the draws with the truth's,
+    so it sees a wrong spatial correlation that marginal scores miss; it is blind to a common shift of
+    all points.
+
+    Cost: `S × D²` per frame, so large frames are subsampled: by default at most
+    `VARIOGRAM_MAX_POINTS` (400) points per frame, drawn at random with `seed` (the same points in
+    every frame). The value is a sum over `D²` pairs: compare only posteriors on the same grid with
+    the same `max_points` and `seed`. Units: the field's units to the power `2p`.
+
+    **Arguments:**
+
+    - `truth`: `(T, *space)`, NaN entries left out of their frame; `draws`: `(S, T, *space)`.
+    - `p`: order > 0 (0.5 is the usual choice, robust to outliers).
+    - `max_points`: int >= 2, or None for whole frames; `seed`: int >= 0.
+    - `reduce`: `"mean"` over frames with truth, or `"none"` -> `(T,)` (NaN for frames with none).
+    """
+    import scoringrules as sr
+
+    y, x = _frame_inputs(truth, draws)
+    _check_subsample(max_points, seed)
+    _check_reduce(reduce)
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.number)) or not (0 < p < np.inf):
+        raise bad_input("p", "a finite order > 0 (usually 0.5)", p)
+    frames = _frames(y, x, max_points, seed)
+    per_frame = np.array([float(sr.vs_ensemble(y, x, p=float(p), estimator="nrg", backend="numpy")) if y.size
+                          else np.nan for y, x in frames])
+    return _reduce_frames(per_frame, reduce)
+
+
+__all__ = ["INTERVAL_METHODS", "VARIOGRAM_MAX_POINTS", "crps_ensemble", "crps_gaussian", "energy_score",
+           "gaussian_interval_coverage", "interval_bounds", "interval_coverage", "mae", "pit_values", "rmse",
+           "summarise", "variogram_score", "vrmse"]

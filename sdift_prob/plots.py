@@ -3,7 +3,8 @@
 Every function takes the posterior field as an `xr.DataArray` with dims
 `(chain, draw, time, *space_dims)` (``idata.posterior["field"]``), the truth (optional) as an
 `xr.DataArray` `(time, *space_dims)` on the same grid, and returns the `matplotlib` Figure.
-Axis labels carry the physical units from the coordinates' `units` attrs.
+Axis labels carry the physical units from the coordinates' `units` attrs. `exceedance_map`
+instead takes the probabilities of `inference.report.p_exceed` `(time, *space_dims)`.
 """
 
 from __future__ import annotations
@@ -99,6 +100,58 @@ def field_panels(
         fig.colorbar(m, ax=ax, label=_value_label(field))
     where = ", ".join(f"{k} = {v:g}" for k, v in fixed.items())
     fig.suptitle(f"time = {t:g} {field.time.attrs.get('units', '')}" + (f", {where}" if where else ""))
+    return fig
+
+
+def exceedance_map(
+    p: xr.DataArray, *, time: float | None = None, fixed: dict[str, float] | None = None
+) -> Any:
+    """Map of exceedance probabilities P(field > threshold) from `inference.report.p_exceed`.
+
+    **Arguments:**
+
+    - `p`: `(time, *space)` probabilities in [0, 1] (`p_exceed(idata, threshold)`).
+    - `time`: physical time shown (nearest; default: the middle time stamp). With one space dim
+      the whole (space, time) plane is shown instead and `time` must be None.
+    - `fixed`: coordinates of the space dims held fixed for 3-D fields, e.g. `{"depth": 100}`
+      (default: the first coordinate of the last dim).
+
+    The colour scale is fixed to [0, 1], diverging at 0.5 (as likely as not), so maps of
+    different times or thresholds compare directly.
+    """
+    plt = _plt()
+    if not isinstance(p, xr.DataArray) or p.ndim < 2 or p.dims[0] != "time":
+        raise bad_input("p", "the (time, *space) DataArray of inference.report.p_exceed",
+                        getattr(p, "dims", type(p).__name__))
+    values = np.asarray(p.values, dtype=np.float64)
+    if not (np.isfinite(values) & (values >= 0) & (values <= 1)).all():
+        raise bad_input("p", "probabilities in [0, 1]", "values outside [0, 1] or NaN")
+    space = p.dims[1:]
+    if len(space) == 1:
+        if time is not None:
+            raise bad_input("time", "None for a field with one space dim (the whole time axis is shown)", time)
+        panel, where = p.transpose(space[0], "time"), ""
+    else:
+        t = float(p.time[len(p.time) // 2]) if time is None else float(time)
+        if fixed is None:
+            fixed = {space[-1]: float(p[space[-1]][0])} if len(space) == 3 else {}
+        panel = _slice_2d(p.sel(time=t, method="nearest"), fixed)
+        where = ", ".join([f"time = {float(p.time.sel(time=t, method='nearest')):g}"]
+                          + [f"{k} = {v:g}" for k, v in fixed.items()])
+    ydim, xdim = panel.dims
+    fig, ax = plt.subplots(figsize=(5.2, 4.2), constrained_layout=True)
+    mesh = ax.pcolormesh(panel[xdim], panel[ydim], panel.values, vmin=0.0, vmax=1.0, cmap="RdBu_r", shading="auto")
+    name = p.attrs.get("var_name", "field")
+    thr = p.attrs.get("threshold")
+    units = p.attrs.get("threshold_units", "")
+    above = f"{thr:g} {units}".strip() if isinstance(thr, (int, float)) else "threshold"
+    fig.colorbar(mesh, ax=ax, label=f"P({name} > {above})")
+    ax.set_xlabel(_label(panel, xdim))
+    ax.set_ylabel(_label(panel, ydim))
+    if ydim == "depth":
+        ax.invert_yaxis()
+    n = p.attrs.get("n_draws")
+    ax.set_title(f"P({name} > {above})" + (f" from {n} draws" if n else "") + (f"\n{where}" if where else ""))
     return fig
 
 

@@ -4,7 +4,19 @@ import numpy as np
 import pytest
 
 from sdift_prob.errors import InputError
-from sdift_prob.metrics import crps_ensemble, interval_bounds, interval_coverage, mae, pit_values, rmse, summarise, vrmse
+from sdift_prob.metrics import (
+    VARIOGRAM_MAX_POINTS,
+    crps_ensemble,
+    energy_score,
+    interval_bounds,
+    interval_coverage,
+    mae,
+    pit_values,
+    rmse,
+    summarise,
+    variogram_score,
+    vrmse,
+)
 
 
 def test_vrmse_hand_values():
@@ -221,3 +233,132 @@ def test_gaussian_crps_and_coverage_agree_with_large_ensembles():
     np.testing.assert_allclose(crps_gaussian(np.array([1.0]), np.array([0.0]), np.array([1e-9])), 1.0, atol=1e-6)
     with pytest.raises(InputError, match="std"):
         crps_gaussian(truth, mean, np.zeros(400))
+
+
+# -- multivariate scores (scoringrules) -------------------------------------------------------------
+# One frame of two points; draws (0,0), (1,0), (2,0), (3,4), truth (1.5, 3).
+TWO_POINTS_DRAWS = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 4.0]])[:, None, :]  # (S=4, T=1, D=2)
+TWO_POINTS_TRUTH = np.array([[1.5, 3.0]])
+
+
+def test_energy_and_variogram_scores_hand_values():
+    # ES (fair): E||X - y|| = (sqrt(11.25) + 2 sqrt(9.25) + sqrt(3.25)) / 4; distinct pairs' distances
+    # 1, 2, 5, 1, sqrt(20), sqrt(17), averaged over the 6 unordered pairs.
+    e1 = (np.sqrt(11.25) + 2 * np.sqrt(9.25) + np.sqrt(3.25)) / 4
+    e2 = (1 + 2 + 5 + 1 + np.sqrt(20) + np.sqrt(17)) / 6
+    assert energy_score(TWO_POINTS_TRUTH, TWO_POINTS_DRAWS) == pytest.approx(e1 - 0.5 * e2, rel=1e-12)
+    # VS (p = 0.5): two ordered pairs, each (mean_s |x_s0 - x_s1|^0.5 - |1.5 - 3|^0.5)^2 with
+    # |x_s0 - x_s1| = 0, 1, 2, 1.
+    vs = 2 * ((0 + 1 + np.sqrt(2) + 1) / 4 - np.sqrt(1.5)) ** 2
+    assert variogram_score(TWO_POINTS_TRUTH, TWO_POINTS_DRAWS) == pytest.approx(vs, rel=1e-12)
+    # p = 1: |x diffs| 0, 1, 2, 1 -> mean 1; |y diff| 1.5.
+    assert variogram_score(TWO_POINTS_TRUTH, TWO_POINTS_DRAWS, p=1.0) == pytest.approx(2 * 0.5**2, rel=1e-12)
+
+
+def test_energy_score_of_one_point_is_the_fair_crps_and_frames_are_averaged():
+    rng = np.random.default_rng(0)
+    truth, draws = rng.normal(size=(5, 1)), rng.normal(size=(7, 5, 1))
+    per_frame = energy_score(truth, draws, reduce="none")
+    assert per_frame.shape == (5,)
+    np.testing.assert_allclose(per_frame, crps_ensemble(truth, draws, fair=True, reduce="none")[:, 0], rtol=1e-12)
+    assert energy_score(truth, draws) == pytest.approx(per_frame.mean(), rel=1e-12)
+    np.testing.assert_array_equal(variogram_score(truth, draws, reduce="none"), 0.0)  # no pair of points
+
+
+def test_crps_ensemble_agrees_with_scoringrules():
+    import scoringrules as sr
+
+    rng = np.random.default_rng(1)
+    truth, draws = rng.normal(size=(3, 4)), rng.gamma(2.0, size=(9, 3, 4))
+    for fair, estimator in ((True, "fair"), (False, "nrg")):
+        ours = crps_ensemble(truth, draws, fair=fair, reduce="none")
+        theirs = sr.crps_ensemble(truth, draws, m_axis=0, estimator=estimator, backend="numpy")
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
+
+
+def gaussian_frames(n_frames: int, n_draws: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truth frames and a calibrated ensemble of a smooth 1-D Gaussian field (30 points,
+    squared-exponential covariance, length 0.15), and the same draws with each point's draws
+    shuffled independently: identical marginal ensembles, spatial correlation destroyed."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 1.0, 30)
+    cov = np.exp(-0.5 * ((x[:, None] - x[None, :]) / 0.15) ** 2) + 1e-8 * np.eye(x.size)
+    chol = np.linalg.cholesky(cov)
+    truth = rng.normal(size=(n_frames, x.size)) @ chol.T
+    draws = rng.normal(size=(n_draws, n_frames, x.size)) @ chol.T
+    shuffled = np.take_along_axis(draws, rng.permuted(np.broadcast_to(np.arange(n_draws)[:, None, None], draws.shape),
+                                                      axis=0), axis=0)
+    return truth, draws, shuffled
+
+
+def test_wrong_spatial_correlation_is_seen_by_multivariate_scores_not_by_crps():
+    truth, right, wrong = gaussian_frames(n_frames=200, n_draws=16, seed=2)
+    # Per entry the two ensembles hold the same 16 numbers: every marginal score is the same.
+    assert crps_ensemble(truth, wrong, fair=True) == pytest.approx(crps_ensemble(truth, right, fair=True), rel=1e-12)
+    assert interval_coverage(truth, wrong, method="quantile") == interval_coverage(truth, right, method="quantile")
+    es_right, es_wrong = energy_score(truth, right, reduce="none"), energy_score(truth, wrong, reduce="none")
+    vs_right, vs_wrong = variogram_score(truth, right, reduce="none"), variogram_score(truth, wrong, reduce="none")
+    # Means over 200 frames, and more than 3 standard errors of the per-frame differences apart.
+    for good, bad in ((es_right, es_wrong), (vs_right, vs_wrong)):
+        diff = bad - good
+        assert diff.mean() > 3 * diff.std(ddof=1) / np.sqrt(diff.size), (good.mean(), bad.mean())
+
+
+def test_multivariate_scores_leave_out_missing_truth_and_subsample_the_same_points_in_every_frame():
+    truth, draws, _ = gaussian_frames(n_frames=4, n_draws=6, seed=3)
+    masked = truth.copy()
+    masked[:, 5:9] = np.nan  # a land mask: same points missing in every frame
+    masked[2] = np.nan  # a frame with no truth at all
+    keep = np.r_[0:5, 9:30]
+    for score in (energy_score, variogram_score):
+        per_frame = score(masked, draws, reduce="none")
+        np.testing.assert_allclose(per_frame[[0, 1, 3]], score(truth[:, keep], draws[:, :, keep],
+                                                               reduce="none")[[0, 1, 3]], rtol=1e-12)
+        assert np.isnan(per_frame[2])
+        assert score(masked, draws) == pytest.approx(np.nanmean(per_frame), rel=1e-12)
+        # Draws where the truth is missing do not count, however large.
+        assert score(masked, np.where(np.isnan(masked), 1e9, draws)) == pytest.approx(score(masked, draws), rel=1e-12)
+    # Subsampling: identical frames score identically, so every frame got the same points; the
+    # seed picks them; max_points >= the frame size is the whole frame.
+    same = np.repeat(truth[:1], 3, axis=0)
+    same_draws = np.repeat(draws[:, :1], 3, axis=1)
+    for score in (energy_score, variogram_score):
+        per_frame = score(same, same_draws, max_points=7, seed=4, reduce="none")
+        np.testing.assert_allclose(per_frame, per_frame[0], rtol=1e-12)
+        assert score(same, same_draws, max_points=7, seed=4) == score(same, same_draws, max_points=7, seed=4)
+        assert score(same, same_draws, max_points=7, seed=4) != score(same, same_draws, max_points=7, seed=5)
+        assert score(truth, draws, max_points=30) == pytest.approx(score(truth, draws, max_points=None), rel=1e-12)
+    # The default variogram subsample is VARIOGRAM_MAX_POINTS points.
+    rng = np.random.default_rng(5)
+    n = VARIOGRAM_MAX_POINTS + 50
+    big_truth, big_draws = rng.normal(size=(1, n)), rng.normal(size=(3, 1, n))
+    default = variogram_score(big_truth, big_draws)
+    assert default == variogram_score(big_truth, big_draws, max_points=VARIOGRAM_MAX_POINTS, seed=0)
+    assert default != pytest.approx(variogram_score(big_truth, big_draws, max_points=None), rel=1e-3)
+
+
+@pytest.mark.parametrize("score", [energy_score, variogram_score])
+def test_multivariate_score_arguments_are_checked_by_name(score):
+    truth, draws = TWO_POINTS_TRUTH, TWO_POINTS_DRAWS
+    for bad in (1, 0, True, 2.5, "all"):
+        with pytest.raises(InputError, match="max_points"):
+            score(truth, draws, max_points=bad)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="seed"):
+            score(truth, draws, seed=bad)
+    with pytest.raises(InputError, match="reduce"):
+        score(truth, draws, reduce="sum")
+    with pytest.raises(InputError, match="truth.*frames"):
+        score(truth[0], draws[:, 0])
+    with pytest.raises(InputError, match="draws"):
+        score(truth, draws[..., :1])
+    with pytest.raises(InputError, match="draws"):
+        score(truth, np.where(draws == 0.0, np.inf, draws))
+
+
+def test_energy_score_needs_two_draws_and_variogram_score_a_positive_order():
+    with pytest.raises(InputError, match="draws.*2 draws"):
+        energy_score(TWO_POINTS_TRUTH, TWO_POINTS_DRAWS[:1])
+    for bad in (0, -0.5, np.inf, np.nan, True, "0.5"):
+        with pytest.raises(InputError, match="p:"):
+            variogram_score(TWO_POINTS_TRUTH, TWO_POINTS_DRAWS, p=bad)

@@ -68,3 +68,45 @@ def test_time_series_tolerance_per_dim(field):
             plots.time_series(field, {"lat": 1.0, "depth": 10.0}, obs=obs, tolerance=bad)
     with pytest.raises(InputError, match="location"):
         plots.time_series(field, {"lat": 1.0}, obs=obs)
+
+
+def exceedance(values: np.ndarray, **attrs) -> xr.DataArray:
+    """A p_exceed-like DataArray (time, lat, depth)."""
+    return xr.DataArray(values, dims=("time", "lat", "depth"),
+                        coords={"time": [0.0, 1.0, 2.0, 3.0], "lat": LAT, "depth": ("depth", DEPTH, {"units": "m"})},
+                        name="p_exceed", attrs={"n_draws": 8, "var_name": "field", **attrs})
+
+
+def test_exceedance_map_shows_the_probabilities_of_one_time_on_a_fixed_scale():
+    import matplotlib.pyplot as plt
+
+    values = np.zeros((4, LAT.size, DEPTH.size))
+    values[2] = np.linspace(0, 1, LAT.size * DEPTH.size).reshape(LAT.size, DEPTH.size)
+    p = exceedance(values, threshold=1500.0, threshold_units="m/s")
+    fig = plots.exceedance_map(p, time=2.1)
+    mesh = fig.axes[0].collections[0]
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).ravel(), values[2].ravel())  # time 2 (nearest)
+    assert mesh.get_clim() == (0.0, 1.0)
+    assert fig.axes[1].get_ylabel() == "P(field > 1500 m/s)"
+    assert "8 draws" in fig.axes[0].get_title() and "time = 2" in fig.axes[0].get_title()
+    plt.close(fig)
+    # Depth on the vertical axis increases downwards.
+    fig = plots.exceedance_map(p.transpose("time", "depth", "lat"), time=2.0)
+    np.testing.assert_allclose(np.asarray(fig.axes[0].collections[0].get_array()).ravel(), values[2].T.ravel())
+    assert fig.axes[0].yaxis_inverted() and fig.axes[0].get_ylabel() == "depth [m]"
+    plt.close(fig)
+    # One space dim: the (space, time) plane.
+    line = exceedance(values)[:, :, 0].drop_vars("depth")
+    fig = plots.exceedance_map(line)
+    assert np.asarray(fig.axes[0].collections[0].get_array()).size == 4 * LAT.size
+    assert fig.axes[1].get_ylabel() == "P(field > threshold)"
+    plt.close(fig)
+
+
+def test_exceedance_map_refuses_what_is_not_a_probability_map(field):
+    values = np.zeros((4, LAT.size, DEPTH.size))
+    for bad in (values, field, exceedance(values + 1.5), exceedance(values * np.nan), exceedance(values)[0]):
+        with pytest.raises(InputError, match="p:"):
+            plots.exceedance_map(bad)
+    with pytest.raises(InputError, match="time"):
+        plots.exceedance_map(exceedance(values)[:, :, 0].drop_vars("depth"), time=1.0)

@@ -56,7 +56,10 @@ def test_reconstruct_gives_named_inference_data(pipeline, sampler):
     assert idata.posterior_predictive["y"].shape == (1, 2, pipeline["obs"].n_points)
     assert idata.posterior.attrs["sampler"] == sampler
     scores = evaluate(idata, pipeline["truth"])
-    assert set(scores) == {"vrmse", "rmse", "coverage_50", "coverage_90", "crps"}
+    assert set(scores) == {"vrmse", "rmse", "coverage_50", "coverage_90", "coverage_50_quantile",
+                           "coverage_90_quantile", "coverage_50_hdi", "coverage_90_hdi", "n_draws", "crps",
+                           "energy_score", "variogram_score"}
+    assert scores["n_draws"] == 2
     # Even a barely trained prior must do better than a field of zeros (VRMSE of a constant >= 1).
     assert np.isfinite(scores["vrmse"])
 

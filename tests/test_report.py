@@ -14,12 +14,14 @@ from scipy import stats
 
 from inference.report import (
     coverage,
+    coverage_by,
     crps,
     evaluate,
     load_posterior,
     loo,
     loo_pit,
     observation_order,
+    p_exceed,
     pit,
     pointwise_log_likelihood,
     posterior_attrs,
@@ -305,12 +307,23 @@ def test_evaluate_matches_hand_computation(tiny):
     # point 1: 2.5 - 0.5 * 24/12 = 1.5.
     # Predictive intervals m ± t_3 s sqrt(5/4): point 0 (m 1.5, s 1.29) covered at both levels;
     # point 1 (m 1, s 2, |y - m| = 2): 50% half-width 1.71 -> out, 90% 5.26 -> in.
+    # Quantile intervals (np.quantile, linear): point 0 [0.75, 2.25] / [0.15, 2.85] hold 1.5; point 1
+    # [0, 1] misses 3, [0, 3.4] holds it. HDI (az.hdi, narrowest window of floor(l S) + 1 sorted
+    # draws): point 0 [0, 2] / [0, 3] hold 1.5; point 1 [0, 0] misses 3, [0, 4] holds it.
+    # Energy score (fair) of the one frame (two points) and variogram score (p = 0.5): see
+    # tests/test_metrics.py, test_energy_and_variogram_scores_hand_values.
+    e1 = (np.sqrt(11.25) + 2 * np.sqrt(9.25) + np.sqrt(3.25)) / 4
+    e2 = (1 + 2 + 5 + 1 + np.sqrt(20) + np.sqrt(17)) / 6
     expected = {"vrmse": np.sqrt(2.0 / 0.5625), "rmse": np.sqrt(2.0), "coverage_50": 0.5, "coverage_90": 1.0,
-                "crps": (1 / 6 + 1.5) / 2}
+                "coverage_50_quantile": 0.5, "coverage_90_quantile": 1.0, "coverage_50_hdi": 0.5,
+                "coverage_90_hdi": 1.0, "n_draws": 4, "crps": (1 / 6 + 1.5) / 2, "energy_score": e1 - 0.5 * e2,
+                "variogram_score": 2 * ((2 + np.sqrt(2)) / 4 - np.sqrt(1.5)) ** 2}
     got = evaluate(idata, truth)
     assert set(got) == set(expected)
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, rel=1e-6), name
+    assert isinstance(got["n_draws"], int)
+    assert json.loads(json.dumps(got)) == got  # what `sdift evaluate` prints
     assert vrmse_of_mean(idata, truth) == pytest.approx(expected["vrmse"], rel=1e-6)
     assert crps(idata, truth) == pytest.approx(expected["crps"])
     assert coverage(idata, truth, levels=(0.5, 0.9)) == {0.5: 0.5, 0.9: 1.0}
@@ -465,3 +478,108 @@ def test_loo_rejects_posteriors_without_observations(idata):
             fn(az.from_dict(posterior={"a": np.zeros((1, 4))}))
     with pytest.raises(InputError, match="var_name"):
         loo(idata, var_name=3)
+
+
+# -- intervals of three kinds, coverage by dim, exceedance probabilities ---------------------------
+def skewed_idata(draws: np.ndarray) -> az.InferenceData:
+    """A posterior with field draws `(S, T, lat, lon)` in one chain."""
+    s, t, nlat, nlon = draws.shape
+    obs = ObservationSet(value=np.array([1.0]), time=np.array([0.0]), coords=np.array([[0.0, 0.0]]),
+                         space_dims=SPACE, noise_scale=0.1, noise_model="gaussian")
+    return to_inference_data(
+        core_draws=np.zeros((1, s, 1, 1, 1)), field_draws=draws[None], field_times=np.arange(t, dtype=float),
+        field_coords={"lat": np.arange(nlat, dtype=float), "lon": np.arange(nlon, dtype=float)}, space_dims=SPACE,
+        obs=obs, y_rep=np.zeros((1, s, 1)), log_lik=np.zeros((1, s, 1)),
+        attrs={"units": {"field": "m/s", "lat": "degrees_north"}},
+    )
+
+
+def test_the_three_interval_kinds_differ_where_they_should():
+    """Draws 0, 0, 0, 0, 0, 0, 1, 2, 3, 10 (S = 10) at every point: the 50% quantile interval is
+    [0, 0.5], the HDI [0, 0] (six equal draws), the Student-t interval m ± 0.703 s sqrt(1.1) =
+    1.6 ± 2.27 = [-0.67, 3.87]. Truths 0.25, 0, 2: quantile holds 0.25 and 0, HDI only 0,
+    predictive all three."""
+    column = np.array([0, 0, 0, 0, 0, 0, 1, 2, 3, 10], dtype=float)
+    idata = skewed_idata(np.broadcast_to(column[:, None, None, None], (10, 1, 1, 3)).copy())
+    truth = np.array([0.25, 0.0, 2.0]).reshape(1, 1, 3)
+    assert coverage(idata, truth, (0.5,), method="quantile") == {0.5: pytest.approx(2 / 3)}
+    assert coverage(idata, truth, (0.5,), method="hdi") == {0.5: pytest.approx(1 / 3)}
+    assert coverage(idata, truth, (0.5,), method="predictive") == {0.5: 1.0}
+    got = evaluate(idata, truth)
+    assert (got["coverage_50"], got["coverage_50_quantile"], got["coverage_50_hdi"]) == pytest.approx((1, 2 / 3, 1 / 3))
+    assert got["n_draws"] == 10
+    with pytest.raises(InputError, match="method"):
+        coverage(idata, truth, method="eti")
+
+
+def test_coverage_by_depth_level_and_time():
+    """Draws -1, 0, 1 everywhere (S = 3); truth 0 (inside every 50% interval) on lat 0 and 5 (outside)
+    on lat 1, lat 2 missing; at time 1 lon 0 is 5 as well."""
+    draws = np.broadcast_to(np.array([-1.0, 0.0, 1.0])[:, None, None, None], (3, 2, 3, 4)).copy()
+    idata = skewed_idata(draws)
+    truth = np.zeros((2, 3, 4))
+    truth[:, 1] = 5.0
+    truth[:, 2] = np.nan
+    truth[1, 0, 0] = 5.0
+    by_lat = coverage_by(idata, truth, "lat", levels=(0.5, 0.9))
+    assert by_lat.dims == ("level", "lat") and by_lat.name == "coverage"
+    np.testing.assert_allclose(by_lat.sel(level=0.5).values, [7 / 8, 0.0, np.nan])
+    np.testing.assert_array_equal(by_lat["n_entries"].values, [8, 8, 0])
+    np.testing.assert_array_equal(by_lat["lat"].values, [0.0, 1.0, 2.0])
+    assert by_lat["lat"].attrs["units"] == "degrees_north"
+    assert by_lat.attrs == {"method": "quantile", "n_draws": 3}
+    by_time = coverage_by(idata, truth, "time", levels=(0.5,))
+    np.testing.assert_allclose(by_time.values, [[4 / 8, 3 / 8]])
+    # Each row agrees with `coverage` over the same entries.
+    assert coverage(idata, truth, (0.5,), method="quantile")[0.5] == pytest.approx(7 / 16)
+    by_lon = coverage_by(idata, truth, "lon", (0.5,), method="predictive")
+    assert float(by_lon.isel(level=0, lon=1)) == pytest.approx(0.5)
+    for bad in ("depth", "chain", "draw", 0):
+        with pytest.raises(InputError, match="dim"):
+            coverage_by(idata, truth, bad)
+    with pytest.raises(InputError, match="levels"):
+        coverage_by(idata, truth, "lat", levels=(0.5, 1.0))
+    with pytest.raises(InputError, match="method"):
+        coverage_by(idata, truth, "lat", method="t")
+
+
+def test_p_exceed_counts_draws_above_the_threshold(tiny):
+    idata, _ = tiny  # draws [0, 1, 2, 3] and [0, 0, 0, 4] at two points
+    p = p_exceed(idata, 1.5)
+    assert p.dims == ("time", "lat", "lon") and p.name == "p_exceed"
+    np.testing.assert_allclose(p.values.ravel(), [0.5, 0.25])
+    assert p.attrs["n_draws"] == 4 and p.attrs["threshold"] == 1.5
+    np.testing.assert_array_equal(p["lon"].values, [0.0, 1.0])
+    np.testing.assert_allclose(p_exceed(idata, 0.0).values.ravel(), [0.75, 0.25])  # strictly above
+    np.testing.assert_allclose(p_exceed(idata, -1).values.ravel(), [1.0, 1.0])
+    # One threshold per longitude, on the field's coords.
+    per_lon = xr.DataArray([2.5, -1.0], dims="lon", coords={"lon": [0.0, 1.0]})
+    np.testing.assert_allclose(p_exceed(idata, per_lon).values.ravel(), [0.25, 1.0])
+    assert "threshold" not in p_exceed(idata, per_lon).attrs
+    for bad in (np.nan, np.inf, True, "1", [1.0, 2.0], per_lon.assign_coords(lon=[0.0, 2.0]),
+                xr.DataArray([1.0], dims="depth"), per_lon.where(per_lon > 0)):
+        with pytest.raises(InputError, match="threshold"):
+            p_exceed(idata, bad)
+    with pytest.raises(InputError, match="var_name"):
+        p_exceed(idata, 1.0, var_name="temperature")
+
+
+def test_p_exceed_of_sigma_and_units(idata):
+    p = p_exceed(idata, 0.5, var_name="sigma")
+    assert p.dims == ()
+    sigma = idata.posterior["sigma"].values
+    assert float(p) == pytest.approx((sigma > 0.5).mean())
+    field = p_exceed(idata, 0.0)
+    assert field.attrs["threshold_units"] == "m/s" and "units" not in field.attrs
+
+
+def test_sdift_evaluate_help_explains_every_key_it_prints(tiny):
+    """`sdift evaluate` prints this dict: its help names every key, says which interval each
+    coverage comes from, and gives the variogram subsample size."""
+    from sdift_prob.commands.evaluate import DESCRIPTION
+    from sdift_prob.metrics import VARIOGRAM_MAX_POINTS
+
+    for key in evaluate(*tiny):
+        assert key in DESCRIPTION, key
+    assert "Student-t" in DESCRIPTION and "quantile" in DESCRIPTION and "az.hdi" in DESCRIPTION
+    assert f"at most {VARIOGRAM_MAX_POINTS} points" in DESCRIPTION
