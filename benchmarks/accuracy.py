@@ -23,8 +23,9 @@ For each dataset, observation setting (1: every time stamp; 2: every other one) 
 each test trajectory gets one observation set (Gaussian noise, std `0.1 x` the training std),
 and every method is scored on all space-time entries in physical units:
 
-- `mpdps`, `dps`: this project (point estimate = posterior mean over the draws); MPDPS also
-  after `calibrate_reconstruction` (posterior temperature from 20% held-out observations);
+- `mmps`: this project's default sampler (moment-matching guidance, `inference.guidance`);
+- `mpdps`, `dps`: the paper's samplers (point estimate = posterior mean over the draws); MMPS and
+  MPDPS also after `calibrate_reconstruction` (posterior temperature from 20% held-out observations);
 - `mpdps_fitted`: MPDPS with the message kernel fitted to the training cores
   (`message_kernel="fitted"`, Matérn-1/2) instead of the public code's `exp(−Δt²)`;
 - `gp`: FTM + GP temporal prior, exact conjugate posterior;
@@ -61,6 +62,7 @@ import jax
 import numpy as np
 
 from benchmarks.merge import merge
+from benchmarks.variants import parse_variant, sampler_name
 from inference.calibrate import apply_temperature
 from inference.reconstruct import calibrate_reconstruction, open_run, reconstruct
 from inference.report import evaluate
@@ -72,9 +74,12 @@ from sdift_prob.io import atomic_file
 from sdift_prob.metrics import crps_gaussian, gaussian_interval_coverage, summarise, vrmse
 from sdift_prob.pretrained.recipes import commands
 
-GUIDED = ("mpdps", "mpdps_fitted", "dps")
-METHODS = ("mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear", "train_mean")
-CALIBRATED = ("mpdps",)
+GUIDED = ("mmps", "mpdps", "mpdps_fitted", "dps")
+METHODS = ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear", "train_mean")
+CALIBRATED = ("mmps", "mpdps")
+# Figures `evaluate` gives besides the Student-t coverage and CRPS: the coverage of quantile
+# intervals of the draws (what analysts compute) and whole-frame scores.
+_NEW_FIGURES = ("coverage_50_quantile", "coverage_90_quantile", "energy_score")
 NOISE_LIKELIHOOD = {"gaussian": "gaussian", "laplace": "laplace", "poisson": "poisson"}
 
 
@@ -211,18 +216,37 @@ def _tempered_scores(idata: Any, truth: Any, tau: float) -> dict[str, float]:
             "temperature": tau}
 
 
+def sampler_call(method: str) -> tuple[str, Any, str, Any]:
+    """`(sampler, config, message_kernel, representation_error)` of a method name: the named
+    samplers, `mpdps_fitted`, or a variant of `benchmarks.variants` (ablations), optionally
+    ending in `_norep` (no representation error added to the noise)."""
+    rep: Any = "auto"
+    if method.endswith("_norep"):
+        method, rep = method[: -len("_norep")], None
+    if method == "mpdps_fitted":
+        return "mpdps", None, "fitted", rep
+    if method in ("mmps", "mpdps", "dps", "gp"):
+        return method, None, "reference", rep
+    config = parse_variant(method)
+    return sampler_name(config), config, "reference", rep
+
+
+def _is_sampler(method: str) -> bool:
+    return method not in ("kriging", "linear", "train_mean")
+
+
 def score_sampler(run: Any, obs: Any, truth: Any, *, key: jax.Array, sampler: str, draws: int, sigma: Any,
                   likelihood: str, calibrate: bool) -> dict[str, float]:
     t0 = time.perf_counter()
-    kernel = "fitted" if sampler == "mpdps_fitted" else "reference"
-    sampler = "mpdps" if sampler == "mpdps_fitted" else sampler
+    method = sampler
+    sampler, config, kernel, rep = sampler_call(method)
     idata = reconstruct(run, obs, key=key, sampler=sampler, draws=draws, sigma=sigma, likelihood=likelihood,
-                        message_kernel=kernel)
+                        message_kernel=kernel, config=config, representation_error=rep)
     secs = time.perf_counter() - t0
     ev = evaluate(idata, truth)
-    out = {k: ev[k] for k in ("vrmse", "coverage_50", "coverage_90", "crps")}
+    out = {k: ev[k] for k in ("vrmse", "coverage_50", "coverage_90", "crps") + _NEW_FIGURES if k in ev}
     out["seconds"] = secs
-    if calibrate and sampler in CALIBRATED and kernel == "reference":
+    if calibrate and method in CALIBRATED:
         t1 = time.perf_counter()
         cal = calibrate_reconstruction(run, obs, key=jax.random.fold_in(key, 1), sampler=sampler, draws=draws,
                                        zetas=(1.0,), sigma=sigma)
@@ -262,10 +286,10 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
             scores.add("linear", vrmse=vrmse(truth.values, est), seconds=time.perf_counter() - t0)
         if "kriging" in methods:
             scores.add("kriging", **score_kriging(jax.random.fold_in(k, 2), obs, truth))
-        for m in ("gp", *GUIDED):
-            if m not in methods or (m == "gp" and likelihood == "poisson"):
+        for m in (m for m in methods if _is_sampler(m)):
+            if m.startswith("gp") and likelihood == "poisson":
                 continue
-            lik = "gaussian" if m == "gp" else likelihood
+            lik = "gaussian" if m.startswith("gp") else likelihood
             sig = None if lik == "poisson" else sigma
             scores.add(m, **score_sampler(run, obs, truth, key=jax.random.fold_in(k, 3), sampler=m,
                                           draws=suite.draws, sigma=sig, likelihood=lik, calibrate=calibrate))
@@ -365,7 +389,8 @@ def unit_argv(unit: Unit, suite_name: str, suite: Suite, *, workdir: str, seed: 
             "--tables", unit.table, "--workdir", workdir, "--seed", str(seed), "--methods", *methods,
             "--n-test", str(suite.n_test), "--first-test", str(suite.first_test),
             "--n-test-noise", str(suite.n_test_noise), "--draws", str(suite.draws),
-            "--noise-levels", *(repr(v) for v in suite.noise_levels), "--out", out]
+            "--noise-levels", *(repr(v) for v in suite.noise_levels), "--noise-scale", repr(suite.noise_scale),
+            "--out", out] + ([] if suite.calibrate else ["--no-calibrate"])
     if unit.table == "main":
         argv += ["--settings", str(unit.setting), "--rho", repr(unit.rho)]
     return argv
@@ -446,7 +471,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file to write (atomically; replaced if it exists)")
     p.add_argument("--workdir", default="scratch/bench", help="data and (full suite) trained runs")
     p.add_argument("--datasets", nargs="+", help="subset of the suite's datasets")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   help=f"any of {', '.join(METHODS)}, or sampler variants of benchmarks.variants (e.g. "
+                        "mmps_cg2, mpdps_through), optionally ending in _norep (no representation error)")
     p.add_argument("--n-test", type=int, help="override the suite's number of test trajectories")
     p.add_argument("--first-test", type=int, default=0,
                    help="main table: start at this test trajectory (0-based), to extend an earlier run; "
@@ -456,7 +483,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rho", type=float, nargs="+", help="override the suite's observation ratios")
     p.add_argument("--settings", type=int, nargs="+", choices=(1, 2), help="override the suite's settings")
     p.add_argument("--noise-levels", type=float, nargs="+", help="override the noise table's levels")
+    p.add_argument("--noise-scale", type=float,
+                   help="override the main table's Gaussian noise std (x the training std; default 0.1)")
     p.add_argument("--no-noise-table", action="store_true")
+    p.add_argument("--no-calibrate", action="store_true", help="skip the held-out calibration of MMPS/MPDPS")
     p.add_argument("--tables", nargs="+", choices=("main", "noise"), default=["main", "noise"],
                    help="which tables to compute (to split a long run into several)")
     p.add_argument("--seed", type=int, default=0)
@@ -475,7 +505,7 @@ def suite_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Sui
     if args.first_test < 0:
         p.error(f"--first-test: expected a non-negative index, got {args.first_test}")
     overrides["first_test"] = args.first_test
-    for field in ("n_test", "n_test_noise", "draws"):
+    for field in ("n_test", "n_test_noise", "draws", "noise_scale"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)
     for field in ("rho", "settings", "noise_levels"):
@@ -483,12 +513,20 @@ def suite_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Sui
             overrides[field] = tuple(getattr(args, field))
     if args.no_noise_table:
         overrides["noise_models"] = ()
+    if getattr(args, "no_calibrate", False):
+        overrides["calibrate"] = False
     return dataclasses.replace(suite, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    for m in args.methods:
+        if m not in METHODS:
+            try:
+                sampler_call(m)
+            except Exception as exc:  # noqa: BLE001 - reported as a usage error
+                p.error(f"--methods: {m!r} is neither one of {METHODS} nor a sampler variant ({exc})")
     if args.jobs < 1:
         p.error(f"--jobs: expected a positive number of worker processes, got {args.jobs}")
     suite = suite_from_args(p, args)

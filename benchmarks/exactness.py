@@ -15,7 +15,10 @@ observation space; exact reference draws by Matheron's rule). Every sampler is s
 - `z2`: mean of `((truth − mean) / sd)²` with the draws' mean and sd (1 + 1/n when calibrated);
 - `sbc`: the rank of the truth among the draws, a histogram over entries and replicates
   (simulation-based calibration: flat when the draws come from the posterior), and its
-  chi-square statistic per degree of freedom.
+  chi-square statistic per degree of freedom;
+- with σ inferred (`infer` variants): the mean σ draw over the true σ and over the exact
+  marginal posterior's mean (`sigma_posterior`), and whether the central 90% interval covers
+  the true σ (and the exact posterior's own figure).
 
 Run (production sizes: 20 frames, 8×8×8 cores, ~92 points per observed frame, design rows of the
 shipped ocean FTM at random points):
@@ -115,6 +118,7 @@ class Replicate:
     exact_mean: np.ndarray  # (M, D)
     exact_sd: np.ndarray  # (M, D)
     exact_draws: np.ndarray  # (n, M, D)
+    sigma_posterior: tuple[float, float, float]  # exact marginal posterior of σ: mean, 5% and 95% quantiles
 
 
 def exact_posterior(prior: GaussianPrior, design: np.ndarray, padded: PaddedObservations, sigma_y: float,
@@ -156,13 +160,44 @@ def make_replicate(prior: GaussianPrior, rows: Callable[[np.random.Generator, in
     padded = PaddedObservations(times=prior.times, values=np.where(mask, y, 0.0), coords=np.zeros((M, points, 1)),
                                 noise_scale=np.ones((M, points)), mask=mask)
     mean, sd, draws = exact_posterior(prior, design, padded, sigma_y, m, s, rng, n_exact)
-    return Replicate(truth, design, padded, mean, sd, draws)
+    return Replicate(truth, design, padded, mean, sd, draws, sigma_posterior(prior, design, padded, m, s))
 
 
-def scores(draws: np.ndarray, rep: Replicate, bins: int = 10) -> dict[str, Any]:
-    """The bench's figures for `draws (n, M, D)` (normalised, x-space) against one replicate."""
+def sigma_posterior(prior: GaussianPrior, design: np.ndarray, padded: PaddedObservations, m: float, s: float,
+                    prior_scale: float = 0.1) -> tuple[float, float, float]:
+    """Exact marginal posterior of σ (mean, 5%, 95%) on a grid: `y ~ N(A m, σ² I + C)` with `C`
+    the prior predictive covariance of the observations, and the sampler's prior
+    σ² ~ InvGamma(1, s²). Where the observations cannot tell noise from signal it is the
+    reference for an inferred σ, not the true σ."""
+    mask = np.asarray(padded.mask)
+    frame, point = np.nonzero(mask)
+    a = design[frame, point]
+    y = np.asarray(padded.values, np.float64)[frame, point] - m * a.sum(1)
+    c = s**2 * prior.k_time[np.ix_(frame, frame)] * ((a * prior.lam) @ a.T)
+    ev, U = np.linalg.eigh(c)
+    proj2 = (U.T @ y) ** 2
+    grid = np.exp(np.linspace(np.log(1e-4), np.log(10.0), 2000))
+    var = grid[:, None] ** 2 + np.maximum(ev, 0.0)[None]
+    lp = -0.5 * np.sum(proj2 / var + np.log(var), axis=1) - 3 * np.log(grid) - prior_scale**2 / grid**2
+    w = np.exp(lp - lp.max()) * grid  # the grid is uniform in log σ
+    w /= w.sum()
+    cdf = np.cumsum(w)
+    return float(np.sum(w * grid)), float(grid[np.searchsorted(cdf, 0.05)]), float(grid[np.searchsorted(cdf, 0.95)])
+
+
+def scores(draws: np.ndarray, rep: Replicate, bins: int = 10, sigma_draws: np.ndarray | None = None,
+           sigma_true: float | None = None) -> dict[str, Any]:
+    """The bench's figures for `draws (n, M, D)` (normalised, x-space) against one replicate;
+    with `sigma_draws` (σ inferred) also whether the central 90% interval of σ covers `sigma_true`."""
     mean, sd = draws.mean(0), draws.std(0, ddof=1)
-    out = {
+    out: dict[str, Any] = {}
+    if sigma_draws is not None:
+        lo, hi = np.quantile(sigma_draws, [0.05, 0.95])
+        ex_mean, ex_lo, ex_hi = rep.sigma_posterior
+        out.update(sigma_mean=float(np.mean(sigma_draws)) / sigma_true,
+                   sigma_over_exact=float(np.mean(sigma_draws)) / ex_mean,
+                   sigma_cover90=float(lo <= sigma_true <= hi), exact_sigma_cover90=float(ex_lo <= sigma_true <= ex_hi))
+    out = {**out,
         "mean_error": float(np.linalg.norm(mean - rep.exact_mean) / np.linalg.norm(rep.exact_mean)),
         "sd_ratio": float(np.median(sd / rep.exact_sd)),
         "z2": float(np.mean(((rep.truth - mean) / sd) ** 2)),
@@ -177,6 +212,8 @@ def scores(draws: np.ndarray, rep: Replicate, bins: int = 10) -> dict[str, Any]:
 
 def summarise(per_rep: Sequence[dict[str, Any]]) -> dict[str, Any]:
     keys = ("mean_error", "sd_ratio", "z2", "cover50", "cover90")
+    keys += tuple(k for k in ("sigma_mean", "sigma_over_exact", "sigma_cover90", "exact_sigma_cover90")
+                  if k in per_rep[0])
     out = {k: [float(np.mean([r[k] for r in per_rep])), float(np.min([r[k] for r in per_rep])),
                float(np.max([r[k] for r in per_rep]))] for k in keys}
     hist = np.sum([r["sbc_hist"] for r in per_rep], axis=0)
@@ -187,13 +224,14 @@ def summarise(per_rep: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_sampler(config: GuidedConfig, prior: GaussianPrior, rep: Replicate, *, m: float, s: float, draws: int,
-                seed: int, chunk_size: int | None = None) -> np.ndarray:
-    """Guided draws in x-space `(draws, M, D)`."""
-    W, _ = sample_posterior(
+                seed: int, chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Guided draws in x-space `(draws, M, D)` and the σ draws when σ is inferred."""
+    W, info = sample_posterior(
         jax.random.key(seed), prior.denoiser, rep.design, rep.padded, core_mean=m, core_std=s,
         times_norm=prior.times, noise_chol=prior.noise_chol, config=config, num_draws=draws, chunk_size=chunk_size,
     )
-    return (np.asarray(W, np.float64).reshape(draws, *rep.truth.shape) - m) / s
+    x = (np.asarray(W, np.float64).reshape(draws, *rep.truth.shape) - m) / s
+    return x, (np.asarray(info["sigma_y"]) if config.infer_sigma else None)
 
 
 def gaussian_rows(D: int) -> Callable[[np.random.Generator, int], np.ndarray]:
@@ -221,8 +259,10 @@ DEFAULT_VARIANTS = ("mpdps", "dps", "dps_through", "mmps_cg1", "mmps_cg3", "mmps
 
 
 def configs(sigma_y: float, names: Sequence[str] = DEFAULT_VARIANTS) -> dict[str, GuidedConfig]:
-    """The samplers compared (names: `benchmarks.variants`), at noise level `sigma_y`."""
-    return {name: parse_variant(name, sigma_y=sigma_y) for name in names}
+    """The samplers compared (names: `benchmarks.variants`), at noise level `sigma_y` (inferred
+    from the data, starting at their std, for names with the token `infer`)."""
+    return {name: parse_variant(name, **({} if "infer" in name.split("_") else {"sigma_y": sigma_y}))
+            for name in names}
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -267,8 +307,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for name in names:
                 per[name], started = [], time.perf_counter()
                 for r, rep in enumerate(reps):
-                    draws = run_sampler(cfgs[name], prior, rep, m=m, s=s, draws=args.draws, seed=r)
-                    per[name].append(scores(draws, rep))
+                    draws, sig = run_sampler(cfgs[name], prior, rep, m=m, s=s, draws=args.draws, seed=r)
+                    per[name].append(scores(draws, rep, sigma_draws=sig, sigma_true=noise))
                 timing[name] = (time.perf_counter() - started) / args.replicates
             results["cells"][cell] = {k: {**summarise(v), "seconds_per_replicate": timing.get(k)}
                                       for k, v in per.items()}
@@ -276,7 +316,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             for k, v in results["cells"][cell].items():
                 print(f"  {k:22s} mean_err {v['mean_error'][0]:.3f} sd_ratio {v['sd_ratio'][0]:.3f} "
                       f"cover50 {v['cover50'][0]:.3f} cover90 {v['cover90'][0]:.3f} z2 {v['z2'][0]:.2f} "
-                      f"sbc {v['sbc_chi2_per_dof']:.1f}", flush=True)
+                      f"sbc {v['sbc_chi2_per_dof']:.1f}"
+                      + (f" sigma/true {v['sigma_mean'][0]:.3f} sigma/exact {v['sigma_over_exact'][0]:.3f} "
+                         f"sigma_cover90 {v['sigma_cover90'][0]:.2f} (exact {v['exact_sigma_cover90'][0]:.2f})"
+                         if "sigma_mean" in v else ""), flush=True)
             _write_json(args.out, results)
 
 

@@ -3,7 +3,8 @@
     python -m benchmarks.merge A.json B.json [...] --out MERGED.json
 
 A long table is often measured in pieces (`--rho`/`--settings` for other cells, `--first-test`
-for more test trajectories of a cell already measured). Every trajectory's observations and
+for more test trajectories of a cell already measured, `--methods` for a method added later on
+the same trajectories: pieces with the same trajectories and disjoint methods are joined). Every trajectory's observations and
 keys depend only on the seed and its index, so pieces of one cell concatenate into exactly
 the cell one run would have written. The pieces must share the seed, draws, noise level,
 dataset and run; the trajectory ranges of one cell must not overlap. Summaries (mean ± std)
@@ -34,9 +35,31 @@ def _noise_key(entry: dict[str, Any]) -> tuple[Any, ...]:
     return (entry["noise"], entry["level"], entry["rho"], entry["setting"])
 
 
+def _trajectories(cell: dict[str, Any]) -> tuple[int, ...]:
+    start = cell.get("first_test", 0)
+    return tuple(cell.get("test_trajectories", range(start, start + cell["n_test"])))
+
+
+def _join_methods(pieces: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    """Pieces that scored the same test trajectories with different methods (e.g. a new sampler
+    run later on the committed protocol) become one piece holding all their methods."""
+    by_range: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for c in pieces:
+        key = (c.get("first_test", 0), _trajectories(c))
+        if key not in by_range:
+            by_range[key] = {**c, "methods": dict(c["methods"])}
+            continue
+        both = set(by_range[key]["methods"]) & set(c["methods"])
+        if both:
+            raise SystemExit(f"{what}: two files scored {sorted(both)} on the same test trajectories")
+        by_range[key]["methods"].update(c["methods"])
+    return list(by_range.values())
+
+
 def _merge_pieces(pieces: list[dict[str, Any]], what: str) -> dict[str, Any]:
-    """One cell from pieces covering disjoint test-trajectory ranges (ordered by first index)."""
-    pieces = sorted(pieces, key=lambda c: c.get("first_test", 0))
+    """One cell from pieces covering disjoint test-trajectory ranges (ordered by first index);
+    pieces on the same trajectories with disjoint methods are joined first."""
+    pieces = sorted(_join_methods(pieces, what), key=lambda c: c.get("first_test", 0))
     end = pieces[0].get("first_test", 0)
     for c in pieces:
         start = c.get("first_test", 0)

@@ -6,10 +6,12 @@ On the shipped ocean run by default (cores 8x8x8, grid 24x24x16, 20 time stamps)
 configuration is compiled once (a warm-up call, its time reported as `compile_s`) and then
 timed over `--repeats` calls (the minimum is reported). Sections:
 
-- `draws`: guided sampling (MPDPS, 20 Heun steps) of 1/4/16/64 vmapped draws; per-draw cost;
+- `draws`: guided sampling (the default sampler, MMPS, 20 Heun steps) of 1/4/16/64 vmapped draws; per-draw cost;
   end-to-end `reconstruct` (decode, log-likelihood, predictive, InferenceData) for 1 and 16;
   peak resident memory of a fresh process per draw count.
 - `guided_vs_unconditional`: 16 draws of MPDPS, DPS and the prior's unconditional sampler.
+- `sampler_cost`: 16 draws of the default sampler (MMPS) at 1/2/3/5 CG iterations beside the
+  paper's MPDPS and DPS, one process, side by side (ratios to MPDPS).
 - `observations`: 10² … 10⁵ observed points (4 draws), with the one-off `prepare` cost apart.
 - `time_stamps`: T, 2T, 4T frames over the same time span (4 draws, same points per frame).
 - `resolution`: decoding 16 draws at 1x, 2x, 4x per axis (the sampler does not see it).
@@ -39,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.variants import parse_variant
 from inference.guided import GuidedConfig, sample_posterior
 from inference.reconstruct import Run, open_run, reconstruct
 from sdift_prob import pretrained
@@ -47,7 +50,7 @@ from sdift_prob.ftm import decode_grid, design_rows
 from sdift_prob.io import atomic_file
 
 
-SECTIONS = ("draws", "guided_vs_unconditional", "observations", "time_stamps", "resolution", "core_size", "training")
+SECTIONS = ("draws", "guided_vs_unconditional", "sampler_cost", "observations", "time_stamps", "resolution", "core_size", "training")
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
@@ -91,9 +94,11 @@ def sampler_inputs(run: Run, obs: ObservationSet, times: np.ndarray) -> dict[str
     return {"design": design, "padded": padded, "times_norm": run.normalise_time(times)}
 
 
-def guided(run: Run, prior: Any, inputs: dict[str, Any], key: jax.Array, draws: int, method: str = "mpdps",
+def guided(run: Run, prior: Any, inputs: dict[str, Any], key: jax.Array, draws: int, method: str = "mmps",
            core_shape: tuple[int, ...] | None = None) -> Callable[[], Any]:
-    cfg = GuidedConfig(method=method, sigma_y=0.1)
+    """A timed call of the guided sampler `method` (a name of `benchmarks.variants`: `mmps` is
+    the default sampler, `mpdps`/`dps` the paper's with the fisher rule)."""
+    cfg = parse_variant(method, sigma_y=0.1)
     chol = prior.noise_cholesky(jnp.asarray(inputs["times_norm"]))
 
     def call() -> Any:
@@ -198,14 +203,22 @@ def main(argv: list[str] | None = None) -> int:
         tn = jnp.asarray(inputs["times_norm"])
         unc = _timed(lambda: prior.sample(key, tn, 16), args.repeats)
         dps = _timed(guided(run, prior, inputs, key, 16, method="dps"), args.repeats)
-        mp16 = next((r for r in rows if r["draws"] == 16), None) or _timed(guided(run, prior, inputs, key, 16),
-                                                                          args.repeats)
+        mp16 = _timed(guided(run, prior, inputs, key, 16, method="mpdps"), args.repeats)
         res["guided_vs_unconditional"] = {
             "draws": 16, "unconditional_s": unc["seconds"], "dps_s": dps["seconds"], "mpdps_s": mp16["seconds"],
             "mpdps_over_unconditional": mp16["seconds"] / unc["seconds"],
             "dps_over_unconditional": dps["seconds"] / unc["seconds"]}
         log(f"16 draws: unconditional {unc['seconds']:.2f} s, DPS {dps['seconds']:.2f} s, "
             f"MPDPS {mp16['seconds']:.2f} s")
+        save()
+
+    if "sampler_cost" in want:
+        variants = ("mpdps", "dps", "mmps_cg1", "mmps_cg2", "mmps_cg3", "mmps_cg5")
+        costs = {v: _timed(guided(run, prior, inputs, key, 16, method=v), args.repeats) for v in variants}
+        res["sampler_cost"] = {"draws": 16, "default": "mmps_cg3", "seconds": {v: c["seconds"] for v, c in costs.items()},
+                               "compile_s": {v: c["compile_s"] for v, c in costs.items()},
+                               "over_mpdps": {v: c["seconds"] / costs["mpdps"]["seconds"] for v, c in costs.items()}}
+        log("16 draws: " + ", ".join(f"{v} {c['seconds']:.2f} s" for v, c in costs.items()))
         save()
 
     if "observations" in want:

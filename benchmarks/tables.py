@@ -9,9 +9,9 @@ import json
 import sys
 from typing import Any
 
-LABELS = {"mpdps": "**MPDPS**", "mpdps_fitted": "MPDPS, fitted message kernel", "dps": "DPS", "gp": "FTM + GP prior (exact)", "kriging": "kriging (GPJax)",
+LABELS = {"mmps": "**MMPS (default)**", "mpdps": "MPDPS", "mpdps_fitted": "MPDPS, fitted message kernel", "dps": "DPS", "gp": "FTM + GP prior (exact)", "kriging": "kriging (GPJax)",
           "linear": "linear interpolation", "train_mean": "training-mean field"}
-ORDER = ("mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear", "train_mean")
+ORDER = ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear", "train_mean")
 
 
 def _pm(d: dict[str, Any] | None, key: str = "vrmse", digits: int = 3) -> str:

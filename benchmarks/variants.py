@@ -4,7 +4,7 @@ A name is tokens joined by `_`: first the rule, `mmps` (moment matching, no mess
 `mpdps` (the paper's samplers, `fisher` guidance unless `ref` or `through` follows); then any of
 `cgK` (CG iterations, MMPS), `plain` (MMPS without the preconditioner), `msg` (MMPS plus MPDPS's
 messages), `sN` (sampler steps), `lanK` (K Langevin corrector steps), `tauX` (corrector step),
-`churnX` (EDM S_churn). Example: `mmps_cg3_s10_lan1_tau0.2`.
+`churnX` (EDM S_churn), `infer` (σ inferred). Example: `mmps_cg3_s10_lan1_tau0.2`.
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ def parse_variant(name: str, **fixed: Any) -> GuidedConfig:
             tau = float(opt[3:])
         elif opt.startswith("churn"):
             kw["churn"] = float(opt[5:])
+        elif opt == "infer":
+            kw.update(infer_sigma=True, sigma_y=None)
         elif opt.startswith("s") and opt[1:].isdigit():
             kw["num_steps"] = int(opt[1:])
         else:
-            raise bad_input("variant", "tokens fisher, ref, through, plain, msg, cgK, sN, lanK, tauX, churnX", opt)
+            raise bad_input("variant", "tokens fisher, ref, through, plain, msg, infer, cgK, sN, lanK, tauX, churnX", opt)
     if kw["guidance"] == "mmps":
         kw["guidance"] = MomentMatching(cg_steps=cg, precondition=precondition)
     if lan:

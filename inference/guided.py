@@ -74,6 +74,7 @@ from sdift_prob.parallel import mesh as device_mesh
 
 from .guidance import (
     Fisher,
+    FramePreconditioner,
     PointPreconditioner,
     GuidanceRule,
     MomentMatching,
@@ -82,7 +83,7 @@ from .guidance import (
     moment_matching_update,
 )
 from .corrector import LangevinCorrector, langevin_correct
-from .noise import DEFAULT_PRIOR_SCALE, update_sigma
+from .noise import DEFAULT_PRIOR_SCALE, update_sigma, update_sigma_tweedie
 
 __all__ = [
     "METHODS",
@@ -287,9 +288,10 @@ class GuidedProblem(eqx.Module):
     `G_j = Σ_l mix_lj Σ_p F_lp a_lp a_lpᵀ` (`mix = I + λ C∘C`, `F` the per-point Fisher
     information at σ_y = 1, at the given noise levels for `"metadata"`, at the observed counts for
     Poisson; identity basis in `"reference"` mode); `unit_fisher (M, P)`: `F`; `row_norms (M, P)`: `‖a_p‖²`;
-    `obs_eig_vals (M, Q)`, `obs_eig_vecs (M, Q, Q)`: eigendecomposition of each frame's whitened
-    point Gram `diag(√F) A_j A_jᵀ diag(√F)` for the MMPS preconditioner (Q = P; Q = 0 when not
-    used); `sigma_y0`: the starting σ_y;
+    `obs_eig_vals (B, Q)`, `obs_eig_vecs (B, Q, Q)`: eigendecomposition for the MMPS
+    preconditioner named by `preconditioner`: `"points"` (B = 1, Q = M P: the whitened Gram of
+    all points `diag(√F) A (Σ_t ⊗ I) Aᵀ diag(√F)`), `"frames"` (B = M, Q = P: each frame's
+    `diag(√F) A_j A_jᵀ diag(√F)`) or `"none"` (Q = 0); `sigma_y0`: the starting σ_y;
     `core_shape`: `(R1, .., RK)`.
     """
 
@@ -305,10 +307,11 @@ class GuidedProblem(eqx.Module):
     eig_vecs: Float[Array, "M D D"]
     unit_fisher: Float[Array, "M P"]
     row_norms: Float[Array, "M P"]
-    obs_eig_vals: Float[Array, "M Q"]
-    obs_eig_vecs: Float[Array, "M Q Q"]
+    obs_eig_vals: Float[Array, "B Q"]
+    obs_eig_vecs: Float[Array, "B Q Q"]
     sigma_y0: Float[Array, ""]
     core_shape: tuple[int, ...] = eqx.field(static=True)
+    preconditioner: str = eqx.field(static=True, default="none")
 
     @property
     def num_frames(self) -> int:
@@ -377,9 +380,11 @@ def _as_padded(padded: Any, M: int, P: int) -> PaddedObservations:
 # beyond these bounds overflow its squared residuals and Fisher weights. Values that far from the
 # training distribution (~1e8 training standard deviations) are almost always a units mistake.
 MAX_ABS_VALUE = 1e8
-# The MMPS preconditioner stores a (P, P) eigenbasis per frame; beyond this many padded points
-# per frame it is skipped (plain CG).
-MAX_PRECONDITIONED_POINTS = 2048
+# The MMPS preconditioner stores an eigenbasis of all padded points (M P)², computed once per
+# problem (6000 points: 144 MB, under a minute on one core); beyond that, one per frame (P²,
+# blind to the coupling of frames, measured 2x less exact); beyond that, plain CG.
+MAX_PRECONDITIONED_POINTS = 6000
+MAX_PRECONDITIONED_FRAME = 2048
 MIN_SIGMA = 1e-6
 
 
@@ -538,15 +543,20 @@ def prepare(
         vals = jnp.zeros((M, D), dtype)
         vecs = jnp.broadcast_to(jnp.eye(D, dtype=dtype), (M, D, D))
     rule = config.guidance
-    if isinstance(rule, MomentMatching) and rule.precondition and M * P <= MAX_PRECONDITIONED_POINTS:
+    preconditioner = "none"
+    obs_vals, obs_vecs = jnp.zeros((M, 0), dtype), jnp.zeros((M, 0, 0), dtype)
+    if isinstance(rule, MomentMatching) and rule.precondition:
         sw = jnp.sqrt(w)
-        cov_t = jnp.asarray(L @ L.T, dtype)
-        point_gram = jnp.einsum("mp,mpd,mn,nqd,nq->mpnq", sw, design_j, cov_t, design_j, sw).reshape(M * P, M * P)
-        obs_vals, obs_vecs = jnp.linalg.eigh(point_gram)
-        obs_vals = jnp.maximum(obs_vals, 0.0)[None]
-        obs_vecs = obs_vecs[None]
-    else:
-        obs_vals, obs_vecs = jnp.zeros((M, 0), dtype), jnp.zeros((M, 0, 0), dtype)
+        if M * P <= MAX_PRECONDITIONED_POINTS:
+            preconditioner = "points"
+            cov_t = jnp.asarray(L @ L.T, dtype)
+            gram = jnp.einsum("mp,mpd,mn,nqd,nq->mpnq", sw, design_j, cov_t, design_j, sw).reshape(1, M * P, M * P)
+        elif P <= MAX_PRECONDITIONED_FRAME:
+            preconditioner = "frames"
+            gram = jnp.einsum("mp,mpd,mqd,mq->mpq", sw, design_j, design_j, sw)
+        if preconditioner != "none":
+            obs_vals, obs_vecs = jnp.linalg.eigh(gram)
+            obs_vals = jnp.maximum(obs_vals, 0.0)
     if not (bool(jnp.all(jnp.isfinite(vals))) and bool(jnp.all(jnp.isfinite(vecs)))
             and bool(jnp.all(jnp.isfinite(obs_vals))) and bool(jnp.all(jnp.isfinite(obs_vecs)))):
         raise NumericalError("prepare: the Fisher eigendecomposition is not finite; check the design rows")
@@ -564,7 +574,7 @@ def prepare(
         core_std=jnp.asarray(float(core_std), dtype), times_norm=jnp.asarray(t, dtype),
         noise_chol=jnp.asarray(L, dtype), sigmas=jnp.asarray(karras_sigmas(config.num_steps, config.edm), dtype),
         loo=loo, eig_vals=vals, eig_vecs=vecs, unit_fisher=w, row_norms=row_norms, obs_eig_vals=obs_vals,
-        obs_eig_vecs=obs_vecs,
+        obs_eig_vecs=obs_vecs, preconditioner=preconditioner,
         sigma_y0=jnp.asarray(sigma0, dtype), core_shape=core_shape,
     )
 
@@ -823,20 +833,45 @@ def _mmps_estimate(
     design = jnp.broadcast_to(problem.core_std * problem.design, (K, *problem.design.shape))
     cov_t = problem.noise_chol @ problem.noise_chol.T
     precond = None
-    if problem.obs_eig_vals.shape[1] > 0:
+    if problem.preconditioner != "none":
         # The isotropic Tweedie covariance r² I in state units, per unit Fisher information.
         sd = config.edm.sigma_data
         c = sigma**2 * sd**2 / (sigma**2 + sd**2) * problem.core_std**2
         if config.scalar_sigma:
             c = c / sigma_y**2
-        points = PointPreconditioner(problem.obs_eig_vals[0], problem.obs_eig_vecs[0])
-        precond = lambda r: points(r, c)  # noqa: E731
+        if problem.preconditioner == "points":
+            inverse = PointPreconditioner(problem.obs_eig_vals[0], problem.obs_eig_vecs[0])
+        else:
+            inverse = FramePreconditioner(problem.obs_eig_vals, problem.obs_eig_vecs)
+        precond = lambda r: inverse(r, c)  # noqa: E731
     delta = moment_matching_update(
         jvp, sigma, cov_t, design, jnp.stack([g[0] for g in groups]), jnp.stack(residuals), jnp.stack(weights),
         config.guidance.cg_steps, precond,
     )
     delta = zeta * delta
     return x0 + delta, delta
+
+
+def _tweedie_sigma(problem: GuidedProblem, config: GuidedConfig) -> bool:
+    """σ from its marginal likelihood under the Tweedie approximation (`noise.update_sigma_tweedie`):
+    MMPS with Gaussian noise, where the preconditioner's eigenbasis is at hand."""
+    return (config.infer_sigma and isinstance(config.guidance, MomentMatching) and config.likelihood == "gaussian"
+            and problem.preconditioner == "points")
+
+
+def _update_sigma_tweedie(
+    key: PRNGKeyArray, x0: Array, sigma: Array, sigma_y: Array, i: Array, problem: GuidedProblem,
+    config: GuidedConfig,
+) -> Array:
+    start = math.ceil(config.sigma_burn_in * config.num_steps)
+    pred = jnp.einsum("mpd,md->mp", problem.design, _to_cores(x0, problem))
+    sd = config.edm.sigma_data
+    c = sigma**2 * sd**2 / (sigma**2 + sd**2) * problem.core_std**2
+    new = update_sigma_tweedie(
+        key, problem.padded.values - pred, problem.padded.mask, problem.obs_eig_vals[0], problem.obs_eig_vecs[0], c,
+        sigma_y, prior_scale=config.sigma_prior_scale, mh_steps=config.mh_steps, mh_step_size=config.mh_step_size,
+    )
+    return jnp.where(i >= start, new, sigma_y)
 
 
 def _update_sigma_y(
@@ -933,7 +968,11 @@ def _step(
         delta = jnp.where(heun, zeta, 0.0) * _guidance_terms(W_est, sigma_y, problem, config)[0]
         x_next = jnp.where(heun, x_heun, x_euler) + delta
 
-    new_sigma_y = _update_sigma_y(k_sigma, W_est, sigma_y, i, problem, config)
+    if _tweedie_sigma(problem, config):
+        # the unguided estimate at the state: d1 = x̂0 + δ
+        new_sigma_y = _update_sigma_tweedie(k_sigma, d1 - delta, sig_hat, sigma_y, i, problem, config)
+    else:
+        new_sigma_y = _update_sigma_y(k_sigma, W_est, sigma_y, i, problem, config)
     ok = jnp.all(jnp.isfinite(x_next)) & jnp.isfinite(new_sigma_y)
     first_bad = jnp.where(state.finite & ~ok, i, state.first_bad)
     new_state = GuidedState(

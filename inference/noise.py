@@ -40,6 +40,7 @@ __all__ = [
     "sigma_metropolis",
     "sigma_log_density",
     "update_sigma",
+    "update_sigma_tweedie",
     "sigma_posterior_nuts",
 ]
 
@@ -266,6 +267,51 @@ def update_sigma(
         num_steps=mh_steps,
         step_size=mh_step_size,
     )
+    return new
+
+
+def update_sigma_tweedie(
+    key: PRNGKeyArray,
+    residual: Float[Array, "M P"],
+    mask: Bool[Array, "M P"],
+    eig_vals: Float[Array, " N"],
+    eig_vecs: Float[Array, "N N"],
+    tweedie_scale: Float[ArrayLike, ""],
+    sigma: Float[ArrayLike, ""],
+    *,
+    prior_scale: float = DEFAULT_PRIOR_SCALE,
+    mh_steps: int = 20,
+    mh_step_size: float = 0.3,
+) -> Float[Array, ""]:
+    """σ drawn from its marginal likelihood given the diffusion state, not given a clean estimate.
+
+    Under the Gaussian (Tweedie) approximation of `p(x0 | x_σ)` the observations of all frames
+    are `y ~ N(A x̂0, σ² I + A V Aᵀ)` with x̂0 the *unguided* denoiser output. With the
+    covariance approximated as `A V Aᵀ ≈ c G` (`c = tweedie_scale`, the isotropic Tweedie
+    variance in field units, and `G = A (Σ_t ⊗ I) Aᵀ` with eigendecomposition `eig_vals`,
+    `eig_vecs` over the padded points, as the MMPS preconditioner has it), the log likelihood is
+    `−½ Σ_k [(u_kᵀ r)² / (σ² + c g_k) + log(σ² + c g_k)]`. Unlike the residual of a guided
+    estimate it does not depend on the σ that guided the estimate, which breaks the feedback of
+    σ on itself (too large a σ → weak guidance → large residuals → too large a σ, and the
+    reverse); as the diffusion ends (c → 0) it becomes the usual conditional given the draw.
+    Padding: its coordinates are zero rows of G (eigenvalue 0, no residual); the `log σ²` term
+    each of them adds is taken back out. Prior σ² ~ InvGamma(1, s²) as the Gaussian route.
+    `mh_steps` random-walk Metropolis steps on log σ (`sigma_metropolis`).
+
+    **Returns:** the new σ (scalar).
+    """
+    r = jnp.where(mask, residual, 0.0).reshape(-1)
+    proj2 = (eig_vecs.T @ r) ** 2
+    lam = jnp.asarray(tweedie_scale, r.dtype) * eig_vals
+    n_pad = jnp.sum(~mask)
+    s2 = jnp.asarray(prior_scale, r.dtype) ** 2
+
+    def log_density(sig: Array) -> Array:
+        var = sig**2 + lam
+        ll = -0.5 * jnp.sum(proj2 / var + jnp.log(var)) + n_pad * jnp.log(sig)
+        return ll - 3.0 * jnp.log(sig) - s2 / sig**2  # InvGamma(1, s²) on σ², as a density of σ
+
+    new, _ = sigma_metropolis(key, log_density, sigma, num_steps=mh_steps, step_size=mh_step_size)
     return new
 
 

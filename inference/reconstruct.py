@@ -74,10 +74,13 @@ class Run:
         The basis cannot represent a field exactly; data assimilation calls this the
         representativeness error and adds it to the observation error, which keeps a posterior
         from over-fitting precise data through the basis. It is the RMSE on held-out entries at
-        fit time (`holdout_rmse`, recorded by `sdift fit-ftm` since this version); for older runs
+        fit time, recorded with the run by `fit_ftm` since this version (its `FTMFit.metadata`); for older runs
         the held-out VRMSE stands in for it (exact when every training trajectory has the
         training set's variance; larger otherwise, i.e. on the safe side).
         """
+        recorded = self.provenance.get("representation_error") if isinstance(self.provenance, dict) else None
+        if isinstance(recorded, dict) and recorded.get("std") is not None:
+            return float(recorded["std"]), str(recorded.get("source", "recorded with the run"))
         fit = self.provenance.get("fit", {}) if isinstance(self.provenance, dict) else {}
         for key, what in (("holdout_rmse", "RMSE on held-out entries at fit time"),
                           ("train_rmse", "RMSE on the training entries at fit time (no held-out entries)")):

@@ -71,7 +71,7 @@ def test_mmps_draws_match_the_exact_posterior(prior, setting, noise):
     exact = scores(rep.exact_draws, rep)
     got = {}
     for name in ("mmps_cg5", "dps"):
-        draws = run_sampler(configs(noise, [name])[name], prior, rep, m=M_OFFSET, s=s, draws=400, seed=2)
+        draws, _ = run_sampler(configs(noise, [name])[name], prior, rep, m=M_OFFSET, s=s, draws=400, seed=2)
         got[name] = scores(draws, rep)
     mm = got["mmps_cg5"]
     # Monte Carlo error of 400 exact draws is exact["mean_error"] (0.03-0.05 here).
@@ -90,7 +90,7 @@ def test_messages_on_top_of_moment_matching_count_the_data_twice(prior):
     s = _scale(prior)
     rep = make_replicate(prior, gaussian_rows(D), points=POINTS, observed=np.ones(M, bool), sigma_y=0.01, m=M_OFFSET,
                          s=s, seed=5, n_exact=50)
-    draws = run_sampler(configs(0.01, ["mmps_cg5_msg"])["mmps_cg5_msg"], prior, rep, m=M_OFFSET, s=s, draws=200, seed=0)
+    draws, _ = run_sampler(configs(0.01, ["mmps_cg5_msg"])["mmps_cg5_msg"], prior, rep, m=M_OFFSET, s=s, draws=200, seed=0)
     assert scores(draws, rep)["z2"] > 1.5
 
 
@@ -117,3 +117,22 @@ def test_moment_matching_update_ignores_padding():
     a = moment_matching_update(*args, residual, weight, 4)
     b = moment_matching_update(*args, residual.at[..., 2:].set(1e6), weight, 4)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def test_langevin_corrector_keeps_the_posterior_and_checks_its_settings(prior):
+    from inference.corrector import LangevinCorrector
+
+    s = _scale(prior)
+    rep = make_replicate(prior, gaussian_rows(D), points=POINTS, observed=np.arange(M) % 2 == 0, sigma_y=0.05,
+                         m=M_OFFSET, s=s, seed=13, n_exact=300)
+    cfg = configs(0.05, ["mmps_cg5_lan1_tau0.2"])["mmps_cg5_lan1_tau0.2"]
+    assert cfg.corrector == LangevinCorrector(steps=1, tau=0.2)
+    draws, _ = run_sampler(cfg, prior, rep, m=M_OFFSET, s=s, draws=300, seed=4)
+    got, exact = scores(draws, rep), scores(rep.exact_draws, rep)
+    assert got["mean_error"] < 0.15 and 0.9 < got["sd_ratio"] < 1.12, (got, exact)
+    with pytest.raises(InputError, match="tau"):
+        LangevinCorrector(tau=0.0)
+    with pytest.raises(InputError, match="steps"):
+        LangevinCorrector(steps=0)
+    with pytest.raises(InputError, match="corrector"):
+        GuidedConfig(sigma_y=0.1, guidance="reference", corrector=LangevinCorrector())

@@ -209,6 +209,8 @@ def test_recovers_tucker_field_from_ten_percent(tucker_ds, tucker_fit):
     assert report["full_vrmse"] == pytest.approx(float(scores.mean()), rel=1e-3)
     assert report["loss_curve"][-1] < 0.01 * report["loss_curve"][0]
     assert report["holdout_vrmse"] < 0.02
+    # the representation error in normalised units: the VRMSE scaled by each trajectory's spread
+    assert 0 < report["holdout_rmse"] < report["holdout_vrmse"] * np.sqrt(np.var(truth / truth.std())) * 2
     assert fit.cores.shape == (4, 6, 3, 3)
     # normaliser from the training entries (a 10% sample): close to the field's mean / std
     assert abs(fit.normalizer.mean - truth.mean()) < 0.1 * truth.std()

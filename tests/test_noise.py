@@ -127,3 +127,30 @@ def test_bad_inputs_name_the_argument():
         sigma_posterior_nuts(jax.random.key(0), W, A, padded, "gaussian")
     with pytest.raises(InputError, match="cores_draws"):
         sigma_posterior_nuts(jax.random.key(0), np.full((1, *W.shape), np.nan), A, padded, "gaussian")
+
+
+def test_tweedie_marginal_sigma_is_consistent_where_the_clean_estimate_conditional_is_not():
+    # Residuals from N(0, σ² I + c G): the marginal update recovers σ; the conditional that takes
+    # them as plain residuals (the estimate's own uncertainty ignored) overshoots.
+    from inference.noise import sigma_conditional_gaussian, update_sigma_tweedie
+
+    rng = np.random.default_rng(0)
+    M, P, sigma, c = 4, 60, 0.2, 0.05
+    B = rng.normal(size=(M * P, 30))
+    G = B @ B.T / 30
+    r = rng.multivariate_normal(np.zeros(M * P), sigma**2 * np.eye(M * P) + c * G).reshape(M, P)
+    mask = np.ones((M, P), bool)
+    mask[3, 40:] = False  # padding: zero rows of G and no residual
+    G_pad = G * np.outer(mask.ravel(), mask.ravel())
+    vals, vecs = np.linalg.eigh(G_pad)
+    r = np.where(mask, r, 0.0)
+    args = (jnp.asarray(r, jnp.float32), jnp.asarray(mask), jnp.asarray(vals, jnp.float32),
+            jnp.asarray(vecs, jnp.float32), c)
+    keys = jax.random.split(jax.random.key(0), 200)
+    tweedie = jax.vmap(lambda k: update_sigma_tweedie(k, *args, jnp.asarray(0.5), mh_steps=60))(keys)
+    plain = jax.vmap(lambda k: sigma_conditional_gaussian(k, args[0], args[1]))(keys)
+    assert abs(float(np.median(tweedie)) - sigma) < 0.1 * sigma, float(np.median(tweedie))
+    assert float(np.median(plain)) > 1.3 * sigma
+    # with c = 0 the marginal is the plain conditional (same target, here sampled by Metropolis)
+    zero = jax.vmap(lambda k: update_sigma_tweedie(k, *args[:4], 0.0, jnp.asarray(0.5), mh_steps=60))(keys)
+    assert abs(float(np.median(zero)) - float(np.median(plain))) < 0.05 * float(np.median(plain))

@@ -7,7 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from inference.reconstruct import Run, open_run, reconstruct, refine_grid
+from inference.guidance import Fisher, MomentMatching
+from inference.guided import GuidedConfig
+from inference.reconstruct import Run, open_run, reconstruct, refine_grid, sampler_config
+from inference.report import posterior_attrs
 from inference.report import evaluate, load_posterior
 from sdift_prob import cli
 from sdift_prob.data.fields import save_fields
@@ -41,7 +44,7 @@ def pipeline(tmp_path_factory):
     return {"root": root, "data": data, "run_dir": run_dir, "truth": truth, "obs": obs, "index": test_index}
 
 
-@pytest.mark.parametrize("sampler", ["mpdps", "dps", "gp"])
+@pytest.mark.parametrize("sampler", ["mmps", "mpdps", "dps", "gp"])
 def test_reconstruct_gives_named_inference_data(pipeline, sampler):
     run = open_run(pipeline["run_dir"])
     idata = reconstruct(run, pipeline["obs"], key=jax.random.key(3), sampler=sampler, draws=2, sigma=0.5)
@@ -244,3 +247,55 @@ def test_fewer_sampler_steps_than_tested_warn_before_any_work(shipped_obs, tmp_p
                                 ("gp", GuidedConfig(num_steps=2))):  # gp takes no steps
             with pytest.raises(InputError, match="run_dir"):
                 reconstruct(nowhere, obs, key=jax.random.key(0), sampler=sampler, config=config)
+
+
+# --- sampler names and the representation error (posterior-correctness issue) ----------------------
+
+
+def test_sampler_names_stand_for_configs_and_contradictions_are_refused():
+    assert isinstance(sampler_config("mmps").guidance, MomentMatching) and sampler_config("mmps").method == "dps"
+    assert isinstance(sampler_config("mpdps").guidance, Fisher) and sampler_config("mpdps").method == "mpdps"
+    assert sampler_config("dps", GuidedConfig(guidance="reference")).method == "dps"
+    assert sampler_config("mmps", GuidedConfig(guidance=MomentMatching(5))).guidance.cg_steps == 5
+    with pytest.raises(InputError, match="config.guidance"):
+        sampler_config("mmps", GuidedConfig(guidance="fisher"))
+    with pytest.raises(InputError, match="config.guidance"):
+        sampler_config("mpdps", GuidedConfig())  # moment matching + messages counts the data twice
+    with pytest.raises(InputError, match="config.method"):
+        sampler_config("mmps", GuidedConfig(method="mpdps"))
+
+
+def test_a_contradicting_config_fails_before_any_work(shipped_obs):
+    run_dir, obs = shipped_obs
+    with pytest.raises(InputError, match="config.guidance"):
+        reconstruct(run_dir.parent / "nowhere", obs, key=jax.random.key(0), sampler="mpdps", config=GuidedConfig())
+
+
+def test_representation_error_is_added_to_a_given_noise_and_recorded(pipeline):
+    run = open_run(pipeline["run_dir"])
+    std = run.ftm.normalizer.std
+    rep, source = run.representation_error
+    assert rep > 0 and "RMSE on held-out entries" in source  # recorded by this version's fit
+    kw = dict(key=jax.random.key(3), sampler="gp", draws=2, sigma=0.5)
+    given = reconstruct(run, pipeline["obs"], representation_error=1.0, **kw)
+    none = reconstruct(run, pipeline["obs"], representation_error=None, **kw)
+    auto = reconstruct(run, pipeline["obs"], **kw)
+    assert posterior_attrs(given)["representation_error"] == {
+        "std": pytest.approx(1.0), "source": "given", "applied": "added to the given noise"}
+    assert posterior_attrs(none)["representation_error"]["std"] == 0.0
+    assert posterior_attrs(auto)["representation_error"]["std"] == pytest.approx(rep * std)
+    # the predictive noise is the total: sqrt(0.5² + 1²) against 0.5
+    spread = {name: float(np.std(i.posterior_predictive["y"].values - i.posterior_predictive["y"].values.mean(
+        axis=(0, 1)))) for name, i in (("given", given), ("none", none))}
+    assert spread["given"] > 1.5 * spread["none"], spread
+    with pytest.raises(InputError, match="representation_error"):
+        reconstruct(run, pipeline["obs"], representation_error=-1.0, **kw)
+    with pytest.raises(InputError, match="representation_error"):
+        reconstruct(run, pipeline["obs"], representation_error="fitted", **kw)
+
+
+def test_older_runs_take_the_representation_error_from_the_held_out_vrmse():
+    from sdift_prob import pretrained
+
+    rep, source = open_run(pretrained.path("ocean") / "run").representation_error
+    assert rep == pytest.approx(0.02744) and source.startswith("holdout_vrmse")

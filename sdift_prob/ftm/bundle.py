@@ -28,7 +28,8 @@ from .tucker import FunctionalTucker
 FTM_SECTION = "ftm"
 FTM_FORMAT_VERSION = 1
 MODEL_FILE = "ftm.eqx"
-_METADATA_KEYS = ("units", "long_name", "coord_units", "simulator")  # FTMFit.metadata in "extra"
+# FTMFit.metadata in "extra"; representation_error: the fit's own error at a point (fit_ftm)
+_METADATA_KEYS = ("units", "long_name", "coord_units", "simulator", "representation_error")
 CORES_FILE = "cores.npz"
 
 

@@ -732,6 +732,13 @@ def fit_ftm(
     else:
         variance = normalizer.forward(values).reshape(n_traj, -1).var(axis=1)
     n_all = int(np.prod(traj_shape))
+    train_rmse = float(np.sqrt(sse[:, 0].sum() / max(int(n_train_per.sum()), 1)))
+    holdout_rmse = float(np.sqrt(sse[:, 1].sum() / max(n_holdout, 1))) if use_holdout else None
+    # The representation error the samplers add to a known observation noise (normalised field
+    # units; inference.reconstruct): carried by the fit so that every saved run records it.
+    rep_error = {"std": holdout_rmse if use_holdout else train_rmse,
+                 "source": "RMSE on held-out entries at fit time" if use_holdout
+                 else "RMSE on the training entries at fit time (no held-out entries)"}
     train_v = _vrmse_from_sse(sse[:, 0], n_train_per, variance)
     hold_v = _vrmse_from_sse(sse[:, 1], n_holdout_per, variance)
     full_v = _vrmse_from_sse(sse[:, 2], np.full(n_traj, n_all), variance)
@@ -744,7 +751,7 @@ def fit_ftm(
         trajectory_ids=ids,
         config=config,
         grids=grids,
-        metadata=field_metadata(fields),
+        metadata={**field_metadata(fields), "representation_error": rep_error},
     )
     run_epochs = epoch - first_epoch + 1
     steady = max(loop_time - compile_time, 1e-9)
@@ -764,8 +771,8 @@ def fit_ftm(
         "full_vrmse": float(np.mean(full_v)),
         # RMSE in normalised field units over all entries of the set: the FTM's representation
         # error, which the samplers add to the observation noise (inference.reconstruct).
-        "train_rmse": float(np.sqrt(sse[:, 0].sum() / max(int(n_train_per.sum()), 1))),
-        "holdout_rmse": float(np.sqrt(sse[:, 1].sum() / max(n_holdout, 1))) if use_holdout else None,
+        "train_rmse": train_rmse,
+        "holdout_rmse": holdout_rmse,
         "train_vrmse_per_trajectory": train_v.tolist(),
         "holdout_vrmse_per_trajectory": hold_v.tolist() if use_holdout else None,
         "full_vrmse_per_trajectory": full_v.tolist(),
