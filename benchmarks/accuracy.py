@@ -70,6 +70,7 @@ from sdift_prob import pretrained
 from sdift_prob.baselines import fit_kriging, linear_interpolation, training_mean_field
 from sdift_prob.data.fields import load_fields, train_part
 from sdift_prob.data.observations import sample_observations, select_trajectory
+from sdift_prob.errors import NumericalError
 from sdift_prob.io import atomic_file
 from sdift_prob.metrics import crps_gaussian, gaussian_interval_coverage, summarise, vrmse
 from sdift_prob.pretrained.recipes import commands
@@ -167,9 +168,12 @@ class Scores:
         self.values: dict[str, dict[str, list[float]]] = {}
 
     def add(self, method: str, **figures: float) -> None:
+        """One trajectory's figures; a figure this record lacks (a diverged run) or that earlier
+        records lack is NaN there, so every list stays aligned with the trajectories."""
         d = self.values.setdefault(method, {})
-        for k, v in figures.items():
-            d.setdefault(k, []).append(float(v))
+        n = max((len(v) for v in d.values()), default=0)
+        for k in set(d) | set(figures):
+            d.setdefault(k, [float("nan")] * n).append(float(figures.get(k, float("nan"))))
 
     def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
         out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -240,6 +244,8 @@ def score_sampler(run: Any, obs: Any, truth: Any, *, key: jax.Array, sampler: st
     t0 = time.perf_counter()
     method = sampler
     sampler, config, kernel, rep = sampler_call(method)
+    if config is not None and config.infer_sigma:  # an `infer` variant: σ from the data, not the known level
+        sigma = "infer"
     idata = reconstruct(run, obs, key=key, sampler=sampler, draws=draws, sigma=sigma, likelihood=likelihood,
                         message_kernel=kernel, config=config, representation_error=rep)
     secs = time.perf_counter() - t0
@@ -291,8 +297,13 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
                 continue
             lik = "gaussian" if m.startswith("gp") else likelihood
             sig = None if lik == "poisson" else sigma
-            scores.add(m, **score_sampler(run, obs, truth, key=jax.random.fold_in(k, 3), sampler=m,
-                                          draws=suite.draws, sigma=sig, likelihood=lik, calibrate=calibrate))
+            try:
+                figures = score_sampler(run, obs, truth, key=jax.random.fold_in(k, 3), sampler=m, draws=suite.draws,
+                                        sigma=sig, likelihood=lik, calibrate=calibrate)
+            except NumericalError as exc:  # a diverged sampler is a result: NaN figures, counted
+                log(f"{name} trajectory {i}: {m} diverged: {exc}")
+                figures = {"vrmse": float("nan"), "diverged": 1.0}
+            scores.add(m, **{"diverged": 0.0, **figures})
 
     for setting in suite.settings if "main" in tables else ():
         for rho in suite.rho:

@@ -46,6 +46,7 @@ from jaxtyping import Array
 from benchmarks.variants import parse_variant
 from inference.guided import GuidedConfig, sample_posterior
 from sdift_prob.data.observations import PaddedObservations
+from sdift_prob.errors import NumericalError
 from sdift_prob.gp import TemporalKernel
 from sdift_prob.io import atomic_file
 
@@ -304,16 +305,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    seed=1000 * r + 7, n_exact=args.draws) for r in range(args.replicates)]
             per = {"exact": [scores(r.exact_draws, r) for r in reps]}
             timing = {}
+            diverged: dict[str, list[str]] = {}
             for name in names:
                 per[name], started = [], time.perf_counter()
                 for r, rep in enumerate(reps):
-                    draws, sig = run_sampler(cfgs[name], prior, rep, m=m, s=s, draws=args.draws, seed=r)
+                    try:
+                        draws, sig = run_sampler(cfgs[name], prior, rep, m=m, s=s, draws=args.draws, seed=r)
+                    except NumericalError as exc:  # a sampler that diverges is a result, not a crash
+                        diverged.setdefault(name, []).append(f"replicate {r}: {exc}")
+                        continue
                     per[name].append(scores(draws, rep, sigma_draws=sig, sigma_true=noise))
                 timing[name] = (time.perf_counter() - started) / args.replicates
-            results["cells"][cell] = {k: {**summarise(v), "seconds_per_replicate": timing.get(k)}
-                                      for k, v in per.items()}
+            results["cells"][cell] = {k: {**(summarise(v) if v else {}), "seconds_per_replicate": timing.get(k),
+                                          "diverged": diverged.get(k, [])} for k, v in per.items()}
             print(cell, flush=True)
             for k, v in results["cells"][cell].items():
+                if "mean_error" not in v:
+                    print(f"  {k:22s} diverged in every replicate: {v['diverged'][0]}", flush=True)
+                    continue
                 print(f"  {k:22s} mean_err {v['mean_error'][0]:.3f} sd_ratio {v['sd_ratio'][0]:.3f} "
                       f"cover50 {v['cover50'][0]:.3f} cover90 {v['cover90'][0]:.3f} z2 {v['z2'][0]:.2f} "
                       f"sbc {v['sbc_chi2_per_dof']:.1f}"

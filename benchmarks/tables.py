@@ -122,7 +122,7 @@ def speed_tables(res: dict[str, Any]) -> str:
     out = ["| measurement | figure |", "|---|---|"]
     d = res.get("draws", {})
     for r in d.get("sampler", []):
-        out.append(f"| MPDPS, {r['draws']} vmapped draws | {r['seconds']:.2f} s ({r['per_draw_s']:.3f} s/draw; "
+        out.append(f"| default sampler, {r['draws']} vmapped draws | {r['seconds']:.2f} s ({r['per_draw_s']:.3f} s/draw; "
                    f"compile {r['compile_s']:.0f} s) |")
     if d:
         out.append(f"| 16 draws / 1 draw | {d['ratio_16_to_1']:.2f}x |")
@@ -134,6 +134,10 @@ def speed_tables(res: dict[str, Any]) -> str:
     if g:
         out.append(f"| 16 draws: unconditional / DPS / MPDPS | {g['unconditional_s']:.2f} / {g['dps_s']:.2f} / "
                    f"{g['mpdps_s']:.2f} s (MPDPS {g['mpdps_over_unconditional']:.2f}x unconditional) |")
+    c = res.get("sampler_cost")
+    if c:
+        out.append(f"| {c['draws']} draws, side by side (x MPDPS) | " + ", ".join(
+            f"{v} {sec:.2f} s ({c['over_mpdps'][v]:.2f}x)" for v, sec in c["seconds"].items()) + " |")
     for sec, key, label in (("observations", "observations", "observed points"), ("time_stamps", "frames", "frames"),
                             ("resolution", "decoded_values", "decoded values"), ("core_size", "core_size", "core size D")):
         s = res.get(sec)
@@ -148,11 +152,46 @@ def speed_tables(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def exactness_tables(res: dict[str, Any]) -> str:
+    """One table per cell of `benchmarks.exactness`: mean over replicates [min – max]."""
+    cfg = res["config"]
+    out = [f"Exactness bench: {cfg['frames']} frames, D = {cfg['D']}, {cfg['points']} points per observed frame "
+           f"({cfg['design']} design rows), {cfg['replicates']} replicates x {cfg['draws']} draws.\n"]
+    for cell, methods in res["cells"].items():
+        out.append(f"#### {cell}\n")
+        sigma = any("sigma_mean" in v for v in methods.values())
+        head = "| sampler | mean error | sd ratio | 50% cov. | 90% cov. | E[z²] | SBC χ²/dof |"
+        out += [head + (" σ / true | σ / exact post. | σ 90% covers |" if sigma else ""),
+                "|---" * (7 + 3 * sigma) + "|"]
+        for name, v in methods.items():
+            if "mean_error" not in v:
+                out.append(f"| {name} | diverged in every replicate (NumericalError) |" + " |" * (5 + 3 * sigma))
+                continue
+            row = f"| {name} | " + " | ".join(
+                f"{v[k][0]:.3g} [{v[k][1]:.3g}–{v[k][2]:.3g}]" if k == "mean_error" else f"{v[k][0]:.3f}"
+                for k in ("mean_error", "sd_ratio", "cover50", "cover90", "z2")) + f" | {v['sbc_chi2_per_dof']:.1f} |"
+            if sigma:
+                def fig(k: str, v: dict[str, Any] = v) -> str:
+                    return f"{v[k][0]:.2f}" if k in v else "–"
+
+                row += (f" {fig('sigma_mean')} | {fig('sigma_over_exact')} | {fig('sigma_cover90')} "
+                        f"(exact {fig('exact_sigma_cover90')}) |" if "sigma_mean" in v else " – | – | – |")
+            n_bad = len(v.get("diverged", []))
+            out.append(row + (f" ({n_bad} replicates diverged)" if n_bad else ""))
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     for path in (argv if argv is not None else sys.argv[1:]):
         res = json.loads(open(path).read())
         print(f"<!-- from {path} -->")
-        print(accuracy_tables(res) if "datasets" in res else speed_tables(res))
+        if "datasets" in res:
+            print(accuracy_tables(res))
+        elif "cells" in res:
+            print(exactness_tables(res))
+        else:
+            print(speed_tables(res))
         print()
     return 0
 
