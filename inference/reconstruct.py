@@ -34,7 +34,13 @@ from .guided import GuidedConfig, sample_posterior, union_times
 
 SAMPLERS = ("mmps", "mpdps", "dps", "gp")
 DEFAULT_SAMPLER = "mmps"
-MAX_NORMALISED_VALUE = 1e4  # |y - mean| / std beyond which observations cannot be of this field
+# Observation values further than this many training stds from the training mean are refused as
+# a units mistake unless the caller raises it (`max_abs_zscore`): km/s for m/s is 64 stds away on
+# the ocean run (issue 16), while its training fields span -1.4 .. 1.6 stds.
+DEFAULT_MAX_ABS_ZSCORE = 20.0
+# Memory the two big arrays of a reconstruction may need (`memory_estimate`) before it is refused
+# up front (`max_memory_gb`); below what a laptop has, far above what the shipped examples need.
+DEFAULT_MAX_MEMORY_GB = 8.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -90,6 +96,14 @@ class Run:
             if fit.get(key) is not None:
                 return float(fit[key]), f"{key} at fit time (per-trajectory variance taken as the training variance)"
         return 0.0, "unknown: the run records no fit error, none added"
+
+    @functools.cached_property
+    def training_range(self) -> tuple[float, float]:
+        """`(min, max)` of the training fields as decoded by the FTM, normalised units (a subset
+        of the trajectories; `inference.self_checks.training_range`), computed once."""
+        from .self_checks import training_range
+
+        return training_range(self.ftm.model, self.ftm.cores, self.ftm.grids)
 
     @functools.cached_property
     def fitted_message_kernel(self) -> Any:
@@ -212,6 +226,7 @@ def _output_grids(run: Run, grids: Mapping[str, Any] | None, resolution: int) ->
 def _noise_setting(obs: ObservationSet, sigma: Any, normaliser_std: float, sampler: str) -> tuple[Any, bool]:
     """`(sigma_y in normalised units | "metadata" | None, infer_sigma)` from the user's `sigma`."""
     if sigma is None:
+        _check_noise_scale(obs)  # partly unknown or zero: an error, not a silent switch to inferred noise
         known = np.isfinite(obs.noise_scale).all() and (obs.noise_scale > 0).all()
         if known:
             return "metadata", False
@@ -238,6 +253,25 @@ def _noise_setting(obs: ObservationSet, sigma: Any, normaliser_std: float, sampl
     return s / normaliser_std, False
 
 
+def _check_noise_scale(obs: ObservationSet) -> None:
+    """Per-point noise levels that `sigma=None` cannot use as they are (issue 16): some unknown
+    (NaN) among known ones — reading them as "noise unknown" switched every point to an inferred
+    noise level without a word (5 NaN among 1,840) — or zero, which the samplers cannot condition
+    on exactly (like levels below 1e-6 training stds, refused by the sampler). All NaN is the
+    documented "noise unknown" and stays inferred."""
+    ns = np.asarray(obs.noise_scale)
+    n_nan = int(np.isnan(ns).sum())
+    if 0 < n_nan < ns.size:
+        raise bad_input("obs.noise_scale", "a noise std for every point, or for none (unknown noise); pass "
+                        "sigma='infer' to infer one noise level for all points, or sigma=<a number> (physical units)",
+                        f"{n_nan} of {ns.size} entries missing (NaN)")
+    n_zero = int((ns == 0).sum())
+    if n_zero:
+        raise bad_input("obs.noise_scale", "positive noise stds (0 means noise-free, which the samplers cannot "
+                        "condition on exactly); pass sigma=<a small number> (physical units) or sigma='infer'",
+                        f"{n_zero} of {ns.size} entries equal to 0")
+
+
 def reconstruct(
     run: Run | str | os.PathLike,
     obs: ObservationSet,
@@ -256,6 +290,9 @@ def reconstruct(
     progress: bool = False,
     message_kernel: str = "reference",
     representation_error: float | str | None = "auto",
+    checks: str = "raise",
+    max_abs_zscore: float = DEFAULT_MAX_ABS_ZSCORE,
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
 ) -> Any:
     """Posterior of the full-field evolution of one trajectory given sparse observations.
 
@@ -292,11 +329,25 @@ def reconstruct(
       a number in physical units, or None (none added). An inferred σ absorbs it (σ is then the
       total error of the observation model); the Poisson likelihood does not use it. The value
       used and its source are in `attrs["representation_error"]`.
+    - `checks`: what a failed output self-check does (`inference.self_checks`: field draws far
+      outside the training range, a posterior mean that misses the observations by many noise
+      stds, a spread far above the prior's): `"raise"` (default) a `NumericalError` naming the
+      check and what to try; `"warn"` a `SelfCheckWarning`, and the result is returned. Every
+      check's result is in `attrs["self_checks"]`.
+    - `max_abs_zscore`: observation values further than this many training stds from the
+      training mean are refused as a units mistake (default 20).
+    - `max_memory_gb`: a run whose field draws and observation design rows need more than this
+      (`memory_estimate`) is refused before sampling (default 8).
+
+    What the run did (noise level used and why, points and frames with data, time range against
+    the training range) is in the attrs `noise`, `data`, `time_range`, `observations`;
+    `inference.summary.run_summary` puts it together.
 
     **Returns:** `az.InferenceData` (posterior `cores`, `field`, `sigma`; posterior_predictive,
     observed_data, log_likelihood `y`; sample_stats) — see `inference.report`.
     """
     _check_before_work(key, sampler, config)
+    _check_settings(checks, max_abs_zscore, max_memory_gb)  # issue 16
     if not isinstance(run, Run):
         run = open_run(run, require_prior=sampler != "gp")
     if sampler not in SAMPLERS:
@@ -344,6 +395,9 @@ def reconstruct(
             noise_scale=np.ones((grid_times.size, 1)), mask=np.zeros((grid_times.size, 1), bool),
         )
     M, P = padded_phys.mask.shape
+    _before_sampling(run, obs, out_times=out_times, out_grids=out_grids, grid_times=grid_times, n_slots=P,  # issue 16
+                     draws=draws, chains=chains, max_abs_zscore=max_abs_zscore, max_memory_gb=max_memory_gb,
+                     sampler=sampler)
     mask = np.asarray(padded_phys.mask)
     coords = np.asarray(padded_phys.coords, dtype=np.float64)
     # Padding slots may hold any coordinate; park them inside the domain.
@@ -357,14 +411,6 @@ def reconstruct(
                                             rep_error if sigma_y == "metadata" else 0.0), 1.0),
         mask=mask,
     )
-    # One range check for every sampler, before any work: values that far from the training data
-    # are a units mistake, and would overflow float32 inside the samplers.
-    far = np.abs(np.asarray(padded.values))[mask]
-    if far.size and far.max() > MAX_NORMALISED_VALUE:
-        raise bad_input("obs.value", f"values within {MAX_NORMALISED_VALUE:g} training standard deviations "
-                        f"({normalizer.std:.4g}) of the training mean ({normalizer.mean:.4g}); check the units",
-                        f"{int((far > MAX_NORMALISED_VALUE).sum())} values beyond, e.g. "
-                        f"{float(np.asarray(obs.value)[np.argmax(np.abs(obs.value - normalizer.mean))]):.4g}")
     design = np.asarray(design_rows(ftm.model, coords.reshape(-1, coords.shape[-1]))).reshape(M, P, -1)
 
     like_params: dict[str, float] = {}
@@ -425,6 +471,14 @@ def reconstruct(
         sigma_norm_draws = np.asarray(sigma_norm_draws).reshape(chains, draws)
     field_norm = decode_grid(ftm.model, jnp.asarray(core_draws[:, :, out_idx]), out_grids)
     field_draws = np.asarray(normalizer.inverse(np.asarray(field_norm)), dtype=np.float32)
+    # issue 16: what the run did, and its output's own checks (raise or warn, before the predictive)
+    facts = _run_facts(run, obs, sigma=sigma, likelihood=likelihood, conditioned=conditioned, infer_sigma=infer_sigma,
+                       sigma_y=sigma_y, sigma_norm_draws=sigma_norm_draws, padded=padded, out_times=out_times,
+                       grid_times=grid_times)
+    check_results = _self_check(run, field_norm, core_draws, design, padded, sigma_y=sigma_y,
+                                sigma_norm_draws=sigma_norm_draws, likelihood=likelihood, conditioned=conditioned,
+                                noise=facts["noise"], checks=checks,
+                                basis_error_known=not rep_source.startswith("unknown"))
 
     if conditioned:
         obs_order = report.observation_order(obs, grid_times)
@@ -464,6 +518,7 @@ def reconstruct(
         "sdift_prob_version": __version__,
         "wall_time_s": elapsed,
         "units": units,
+        "self_checks": {"mode": checks, "results": check_results}, **facts,  # issue 16
     }
     field_coords = dict(zip(run.space_dims, out_grids))
     idata = report.to_inference_data(
@@ -541,3 +596,239 @@ def _check_before_work(key: Any, sampler: str, config: Any) -> None:
     report._check_key(key)
     if sampler != "gp" and isinstance(config, GuidedConfig):
         warn_untested_steps(config.num_steps, "num_steps", stacklevel=3)
+
+
+def _check_settings(checks: Any, max_abs_zscore: Any, max_memory_gb: Any) -> None:
+    """The self-check mode and the limits of the up-front checks, before any work."""
+    from .self_checks import check_mode
+
+    check_mode(checks)
+    for name, v in (("max_abs_zscore", max_abs_zscore), ("max_memory_gb", max_memory_gb)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not (v > 0):
+            raise bad_input(name, "a positive number (math.inf turns the check off)", v)
+
+
+def units_hint(values: np.ndarray, mean: float, std: float) -> str:
+    """What the units of `values` look like next to the training field (mean, std): a power of
+    ten away (a unit prefix: km/s for m/s), 273.15 away (kelvin and degrees Celsius), or just
+    their median against the training mean."""
+    med = float(np.median(values))
+    ratio = med / mean if mean != 0 else 0.0
+    if math.isfinite(ratio) and ratio > 0:  # a subnormal median gives 0 (found by the hostile suite)
+        decades = math.log10(ratio)
+        k = round(decades)
+        if k != 0 and abs(decades - k) < 0.1:  # within 25% of an exact power of ten
+            return (f"their median {med:.4g} is about 1e{k:+d} times the training mean {mean:.4g}: "
+                    "a unit prefix (e.g. km/s for m/s)?")
+    for shift in (273.15, -273.15):
+        if abs(med + shift - mean) < 3 * std:
+            return (f"their median {med:.4g} is about {-shift:+g} away from the training mean {mean:.4g}: "
+                    "degrees Celsius for kelvin (or back)?")
+    return f"their median is {med:.4g}; the training mean is {mean:.4g}, its std {std:.4g}"
+
+
+def _check_observation_values(obs: ObservationSet, normalizer: Any, max_abs_zscore: float, units: str) -> None:
+    """Observation values further than `max_abs_zscore` training stds from the training mean
+    are a units mistake (issue 16: km/s for m/s, 64 stds away, gave VRMSE 65 and exit 0), named
+    with how many, the extreme and what the units look like."""
+    if obs.n_points == 0:
+        return
+    z = np.abs(obs.value - normalizer.mean) / normalizer.std
+    beyond = z > max_abs_zscore
+    if not beyond.any():
+        return
+    extreme = float(obs.value[int(np.argmax(z))])
+    raise bad_input(
+        "obs.value", f"values within {max_abs_zscore:g} training stds ({normalizer.std:.4g} {units}) of the training "
+        f"mean ({normalizer.mean:.4g} {units}); check the units, or pass max_abs_zscore (CLI: --max-zscore) "
+        "if such values are real",
+        f"{int(beyond.sum())} of {obs.n_points} values beyond, e.g. {extreme:.4g} ({float(z.max()):.3g} stds); "
+        f"{units_hint(obs.value, normalizer.mean, normalizer.std)}")
+
+
+# Copies of each big float32 array that `reconstruct` holds at once (peak RSS on the ocean run,
+# docs/RELIABILITY.md): the decoded field in normalised and physical units and in the
+# InferenceData (measured: 3.0-3.4 field sizes); the design rows as NumPy and JAX arrays, in the
+# guided sampler and the predictive / log-likelihood batches (measured: 5.6 with mmps, 10^5
+# points; issue 16's 12.8 GB for 10^6 points with mpdps is 6.2).
+FIELD_COPIES = 4
+DESIGN_COPIES = 6
+# The exact `gp` sampler works in float64 on the rows of every point against every frame's
+# cores, (N, M x D) matrices, several at once (models.gp_prior's parameter-space solve):
+# measured 7.5 GB for 2e4 points on the ocean run, 37 bytes per entry.
+GP_BYTES_PER_ENTRY = 40
+
+
+def memory_estimate(n_draws: int, n_out_times: int, n_grid: int, n_frames: int, n_slots: int,
+                    n_basis: int, *, n_points: int = 0, sampler: str = DEFAULT_SAMPLER) -> dict[str, float]:
+    """Bytes `reconstruct` needs for its big arrays: the field draws (draws x output times x grid
+    points, float32) and the observations' design rows (sampler frames x padded points per frame
+    x basis functions, float32; for `gp`, points x frames x basis functions, float64, twice),
+    times the copies held at once."""
+    field = 4.0 * n_draws * n_out_times * n_grid * FIELD_COPIES
+    design = 4.0 * n_frames * n_slots * n_basis * DESIGN_COPIES
+    if sampler == "gp":
+        design += float(GP_BYTES_PER_ENTRY) * n_points * n_frames * n_basis
+    return {"field": field, "observations": design, "total": field + design}
+
+
+def _check_memory(estimate: Mapping[str, float], max_memory_gb: float, *, draws: int, chains: int,
+                  n_out_times: int, n_grid: int, n_points: int) -> None:
+    """Refuse, before sampling, a run whose estimate exceeds `max_memory_gb`, saying which part
+    is large and what to change."""
+    if estimate["total"] <= max_memory_gb * 1e9:
+        return
+    gb = {k: v / 1e9 for k, v in estimate.items()}
+    raise InputError(
+        f"max_memory_gb: this reconstruction needs about {gb['total']:.3g} GB ({gb['field']:.3g} GB for "
+        f"{chains} x {draws} field draws of {n_out_times} times x {n_grid} grid points, {gb['observations']:.3g} GB "
+        f"for {n_points} observed points), more than the limit of {max_memory_gb:g} GB; use fewer draws, output "
+        "times (times) or a coarser output grid (resolution, grids), fewer observations, or pass a larger "
+        "max_memory_gb (CLI: --max-memory-gb) if the machine has the memory"
+    )
+
+
+# Times further than this many training spans outside the training time range: the prior and
+# the basis were never shown anything like them (issue 16: t = 100 on a model trained on 0-38).
+FAR_TIME_SPANS = 1.0
+
+
+def spans_outside(times: np.ndarray, time_domain: tuple[float, float]) -> float:
+    """How far `times` reach outside `time_domain`, in training spans (0 inside it)."""
+    t = np.asarray(times, dtype=np.float64)
+    if t.size == 0:
+        return 0.0
+    t0, t1 = time_domain
+    span = (t1 - t0) if t1 != t0 else 1.0
+    return float(max(0.0, (t0 - t.min()) / span, (t.max() - t1) / span))
+
+
+def _warn_far_times(out_times: np.ndarray, obs: ObservationSet, time_domain: tuple[float, float]) -> None:
+    """An `UntestedSettingWarning` naming `times` or `obs.time` when they reach more than
+    `FAR_TIME_SPANS` training spans outside the training time range."""
+    import warnings
+
+    from sdift_prob.errors import UntestedSettingWarning
+
+    for name, t in (("times", out_times), ("obs.time", obs.time)):
+        far = spans_outside(t, time_domain)
+        if far > FAR_TIME_SPANS:
+            warnings.warn(
+                f"{name}: reaches {float(np.min(t)):.4g} .. {float(np.max(t)):.4g}, {far:.3g} training spans outside "
+                f"the training time range [{time_domain[0]:.4g}, {time_domain[1]:.4g}]; the model has never seen "
+                "such times and the result there is an extrapolation of unknown quality",
+                UntestedSettingWarning, stacklevel=4,
+            )
+
+
+def _before_sampling(run: Run, obs: ObservationSet, *, out_times: np.ndarray, out_grids: Sequence[np.ndarray],
+                     grid_times: np.ndarray, n_slots: int, draws: int, chains: int, max_abs_zscore: float,
+                     max_memory_gb: float, sampler: str) -> None:
+    """The up-front checks that need the run and the data (issue 16): units guard, memory
+    estimate, times far outside the training range."""
+    units = str(run.provenance.get("units") or "field units")
+    _check_observation_values(obs, run.ftm.normalizer, max_abs_zscore, units)
+    n_grid = int(np.prod([g.size for g in out_grids]))
+    estimate = memory_estimate(draws * chains, out_times.size, n_grid, grid_times.size, n_slots,
+                               int(np.prod(run.core_shape)), n_points=obs.n_points, sampler=sampler)
+    _check_memory(estimate, max_memory_gb, draws=draws, chains=chains, n_out_times=out_times.size, n_grid=n_grid,
+                  n_points=obs.n_points)
+    _warn_far_times(out_times, obs, run.ftm.time_domain)
+
+
+# --- what the run did, for the attrs and `inference.summary.run_summary` (issue 16) -----------
+
+
+def _noise_source(obs: ObservationSet, sigma: Any, likelihood: str, conditioned: bool,
+                  infer_sigma: bool) -> dict[str, str]:
+    """Where the noise level came from (`given` / `per point` / `inferred` / ...) and why."""
+    if not conditioned:
+        return {"source": "none", "reason": "no observations: prior draws"}
+    if likelihood == "poisson":
+        return {"source": "poisson", "reason": "likelihood='poisson': the counts' own variance (obs.attrs)"}
+    if infer_sigma:
+        why = ("sigma='infer'" if sigma == "infer"
+               else "sigma not given and obs.noise_scale unknown (NaN) for every point")
+        return {"source": "inferred", "reason": why}
+    if sigma is None or sigma == "metadata":
+        why = "sigma='metadata'" if sigma == "metadata" else "sigma not given and every point has a noise_scale"
+        return {"source": "per point", "reason": f"{why} (obs.noise_scale)"}
+    return {"source": "given", "reason": f"sigma={float(sigma):g} given (physical units)"}
+
+
+def _run_facts(run: Run, obs: ObservationSet, *, sigma: Any, likelihood: str, conditioned: bool,
+               infer_sigma: bool, sigma_y: Any, sigma_norm_draws: Any, padded: PaddedObservations,
+               out_times: np.ndarray, grid_times: np.ndarray) -> dict[str, Any]:
+    """The attrs entries `noise`, `data`, `time_range` and `observations` (the observation
+    set's provenance, e.g. `sdift observe`'s source file and trajectory) of a reconstruction."""
+    std = float(run.ftm.normalizer.std)
+    noise: dict[str, Any] = _noise_source(obs, sigma, likelihood, conditioned, infer_sigma)
+    if noise["source"] == "inferred" and sigma_norm_draws is not None:
+        noise["std"] = float(np.mean(sigma_norm_draws)) * std  # posterior mean of sigma
+    elif noise["source"] == "per point":
+        per_point = np.asarray(padded.noise_scale)[np.asarray(padded.mask)] * std
+        noise.update(std=float(np.median(per_point)), std_min=float(per_point.min()), std_max=float(per_point.max()))
+    elif noise["source"] == "given":
+        noise["std"] = float(sigma_y) * std
+    if noise["source"] in ("given", "per point"):
+        noise["includes_representation_error"] = True
+    dropped = obs.attrs.get("dropped", {})
+    n_dropped = (sum(int(v) for v in dropped.values()) if isinstance(dropped, Mapping) else 0) \
+        + int(obs.attrs.get("dropped_missing", 0) or 0)
+    with_data = int(np.asarray(padded.mask).any(axis=1).sum()) if conditioned else 0
+    t0, t1 = run.ftm.time_domain
+    all_times = np.concatenate([out_times, obs.time])
+    beyond = spans_outside(all_times, (t0, t1))
+    provenance = {k: obs.attrs[k] for k in ("source", "trajectory", "trajectory_split", "source_simulator",
+                                            "source_seed", "seed") if k in obs.attrs}
+    return {
+        "noise": noise,
+        "data": {"points_used": int(obs.n_points), "points_dropped_before": n_dropped,
+                 "frames": int(grid_times.size), "frames_with_data": with_data,
+                 "frames_without_data": int(grid_times.size) - with_data},
+        "time_range": {"output": [float(out_times.min()), float(out_times.max())],
+                       "observations": [float(obs.time.min()), float(obs.time.max())] if obs.n_points else None,
+                       "training": [float(t0), float(t1)], "spans_outside_training": beyond,
+                       "extrapolated": bool(beyond > 0)},
+        "observations": provenance,
+    }
+
+
+# --- the output's own checks (issue 16; the checks themselves are in `inference.self_checks`) ---
+
+
+def _self_check(run: Run, field_norm: Any, core_draws: np.ndarray, design: np.ndarray,
+                padded: PaddedObservations, *, sigma_y: Any, sigma_norm_draws: Any, likelihood: str,
+                conditioned: bool, noise: Mapping[str, Any], checks: str,
+                basis_error_known: bool = True) -> list[dict[str, Any]]:
+    """Run `inference.self_checks.run_checks` on a decoded reconstruction and `enforce` the
+    result (`checks="raise"`: a `NumericalError`; `"warn"`: a `SelfCheckWarning`); returns the
+    results for the attrs. The residual uses the noise std the sampler used (normalised, with
+    the representation error where it was added; `basis_error_known`: whether the run recorded
+    that error); it is left out without a noise std (Poisson)."""
+    from . import self_checks
+
+    normalizer = run.ftm.normalizer
+    mask = np.asarray(padded.mask)
+    scale: Any = None
+    if conditioned and likelihood != "poisson":
+        if sigma_y == "metadata":
+            scale = np.asarray(padded.noise_scale)[mask]
+        elif sigma_norm_draws is not None:
+            scale = float(np.mean(sigma_norm_draws))
+        elif sigma_y is not None:
+            scale = float(sigma_y)
+    predicted = observed = None
+    if scale is not None:
+        predicted = self_checks.predicted_at_observations(core_draws, np.asarray(design), mask)
+        observed = np.asarray(padded.values)[mask]
+    units = str(run.provenance.get("units") or "field units")
+    source = noise.get("source", "")
+    if "std" in noise:
+        source = f"{source}, {'median ' if source == 'per point' else ''}{noise['std']:.4g} {units}"
+    results = self_checks.run_checks(
+        field_norm=np.asarray(field_norm), train_range=run.training_range, mean=normalizer.mean, std=normalizer.std,
+        units=units, predicted=predicted, observed=observed, noise=scale, noise_source=source,
+        robust=likelihood == "student_t", basis_error_known=basis_error_known or sigma_norm_draws is not None)
+    self_checks.enforce(results, checks, stacklevel=3)
+    return results

@@ -68,6 +68,11 @@ def warn_untested_steps(steps: Any, argument: str, *, stacklevel: int = 2) -> No
         )
 
 
+class SelfCheckWarning(UserWarning):
+    """A finished reconstruction failed one of its own output checks (`inference.self_checks`)
+    and was kept because the caller asked for it (`checks="warn"`)."""
+
+
 class TrainingInterrupted(SdiftError):
     """Training stopped on SIGINT/SIGTERM; `step` steps (or epochs) are done and saved in
     `checkpoint` (None when no checkpoint folder was given)."""

@@ -12,6 +12,7 @@ the outcome counts.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import warnings
@@ -24,8 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reliability_helpers as rh
-from inference.guided import GuidedConfig
-from inference.reconstruct import Run, reconstruct
+from inference.reconstruct import Run, reconstruct, sampler_config
 from sdift_prob import cli
 from sdift_prob.data.fields import assign_split, save_fields
 from sdift_prob.data.observations import ObservationSet
@@ -191,16 +191,27 @@ def test_gp_reconstruct_is_finite_and_keeps_every_point(pipeline, raw, sigma):
 def _obs(values, times, coords, noise=0.1):
     coords = np.asarray(coords, float).reshape(-1, 2)
     return ObservationSet(value=np.asarray(values, float), time=np.asarray(times, float), coords=coords,
-                          space_dims=rh.DIMS, noise_scale=np.full(coords.shape[0], noise))
+                          space_dims=rh.DIMS, noise_scale=np.broadcast_to(np.asarray(noise, float), coords.shape[0]))
 
 
+# The prior here is untrained and the sampler takes 4 steps: its fields can lie tens of training
+# stds outside the training range, which the output self-checks (issue 16) refuse. The cases
+# about the inputs keep the result (checks="warn"; the failed checks are then in the attrs);
+# "diverged_output" is that refusal.
 MPDPS_CASES = {
     "unsorted_with_duplicates": (_obs([10, 12, 12, 9], [0.75, 0.0, 0.0, 0.5], [[1, 0], [0.5, 0.5], [0.5, 0.5],
                                                                                 [1.5, -0.5]]), "ok"),
     "near_duplicate_times": (_obs([10, 11, 10.5], [0.25, 0.25 + 1e-7, 1.0], [[1, 0], [1, 0.1], [0.2, 0.2]]), "ok"),
     "far_future_time": (_obs([10, 11], [0.5, 1e6], [[1, 0], [0.5, 0.5]]), "ok"),
+    "diverged_output": (_obs([10, 12, 12, 9], [0.75, 0.0, 0.0, 0.5], [[1, 0], [0.5, 0.5], [0.5, 0.5],
+                                                                       [1.5, -0.5]]), "NumericalError"),
     "units_mistake_values": (_obs([10, 1e30], [0.0, 0.5], [[1, 0], [0.5, 0.5]]), "InputError"),
+    # issue 16: x100 is ~300 training stds away, under the old guard (1e4) and over the new (20)
+    "units_x100_values": (_obs([1000, 1100], [0.0, 0.5], [[1, 0], [0.5, 0.5]]), "InputError"),
     "tiny_noise": (_obs([10, 11], [0.0, 0.5], [[1, 0], [0.5, 0.5]], noise=1e-30), "InputError"),
+    "zero_noise": (_obs([10, 11], [0.0, 0.5], [[1, 0], [0.5, 0.5]], noise=0.0), "InputError"),
+    "partly_unknown_noise": (_obs([10, 11, 12], [0.0, 0.5, 1.0], [[1, 0], [0.5, 0.5], [1, 0]],
+                                  noise=[0.1, np.nan, 0.1]), "InputError"),
     "off_domain": (_obs([10], [0.5], [[50.0, 0.0]]), "InputError"),
 }
 
@@ -213,16 +224,20 @@ def mpdps_run(pipeline):
 @pytest.mark.parametrize("name", list(MPDPS_CASES))
 def test_mpdps_hostile_cases(mpdps_run, name):
     obs, expected = MPDPS_CASES[name]
+    config = dataclasses.replace(sampler_config("mpdps"), num_steps=4)
+    checks = "raise" if name == "diverged_output" else "warn"
     idata = outcome("reconstruct_mpdps", lambda: reconstruct(
-        mpdps_run, obs, key=jax.random.key(1), sampler="mpdps", draws=2, config=GuidedConfig(num_steps=4)))
+        mpdps_run, obs, key=jax.random.key(1), sampler="mpdps", draws=2, config=config, checks=checks))
     if expected == "ok":
         assert idata is not None, name
         assert np.isfinite(idata.posterior["field"].values).all()
+        assert "self_checks" in idata.posterior.attrs
         assert idata.posterior.attrs["conditioned"] == int(obs.n_points > 0)
         if obs.n_points:
             assert idata.posterior_predictive["y"].shape[-1] == obs.n_points
     else:
         assert idata is None, f"{name}: expected an {expected}"
+        assert COUNTS["reconstruct_mpdps"][f"error:{expected}"] > 0, name
 
 
 # -- the CLI on hostile files and arguments ----------------------------------------------------

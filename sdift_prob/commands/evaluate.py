@@ -53,13 +53,40 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def check_provenance(recorded: Any, truth_attrs: Any, trajectory: int) -> None:
+    """Refuse scoring a posterior against another trajectory or field collection than the one its
+    observations were drawn from, when the posterior records it (`sdift observe` writes the
+    trajectory and the collection's simulator and seed; `reconstruct` copies them into the
+    posterior's attrs `observations`). The collection is compared by simulator and seed, not by
+    path, so a copied or moved file still matches. Posteriors of other observations (user data,
+    or written before this was recorded) are not checked."""
+    from ..errors import InputError
+
+    if not isinstance(recorded, dict) or "trajectory" not in recorded:
+        return
+    source = recorded.get("source", "?")
+    if int(recorded["trajectory"]) != int(trajectory):
+        raise InputError(
+            f"--trajectory: the posterior was reconstructed from observations of trajectory {recorded['trajectory']} "
+            f"of {source}, not trajectory {trajectory}; pass --trajectory {recorded['trajectory']} to score it "
+            "against the field it estimates")
+    for key, truth_key in (("source_simulator", "simulator"), ("source_seed", "seed")):
+        if key in recorded and truth_key in truth_attrs and str(recorded[key]) != str(truth_attrs[truth_key]):
+            raise InputError(
+                f"--truth: the posterior's observations come from {source} ({truth_key} {recorded[key]!r}), but "
+                f"this file has {truth_key} {truth_attrs[truth_key]!r}; pass the field collection the observations "
+                "were drawn from")
+
+
 def run(args: argparse.Namespace) -> int:
-    from inference.report import evaluate, load_posterior
+    from inference.report import evaluate, load_posterior, posterior_attrs
 
     from ..data.fields import load_fields
     from ..data.observations import select_trajectory
 
     idata = load_posterior(args.posterior)
-    truth = select_trajectory(load_fields(args.truth), args.trajectory)
+    fields = load_fields(args.truth)
+    check_provenance(posterior_attrs(idata).get("observations"), dict(fields.attrs), args.trajectory)
+    truth = select_trajectory(fields, args.trajectory)
     print(json.dumps(evaluate(idata, truth), indent=2))
     return 0

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import UntestedSettingWarning, bad_input, warn_untested_steps
+from ..errors import SelfCheckWarning, UntestedSettingWarning, bad_input, warn_untested_steps
 from . import HelpFormatter, check_out_file, check_seed
 
-ARGUMENT_NAMES = {"num_steps": "--steps", "path": "OBS.nc", "run_dir": "RUN_DIR", "chunk_size": "--chunk-size"}
+ARGUMENT_NAMES = {"num_steps": "--steps", "path": "OBS.nc", "run_dir": "RUN_DIR", "chunk_size": "--chunk-size",
+                  "max_abs_zscore": "--max-zscore", "max_memory_gb": "--max-memory-gb"}
 HELP = "reconstruct the full field from an observation set (posterior draws -> netCDF)"
 
 
@@ -78,6 +79,17 @@ def register(subparsers: Any) -> None:
                    help="draws per compiled sampler call (default: a quarter of all draws from 8 draws on, so "
                         "that a progress bar shows; fewer draws in one call); the draws do not depend on it "
                         "beyond float32 rounding")
+    p.add_argument("--checks", choices=("raise", "warn"), default="raise",
+                   help="output self-checks (field far outside the training range, misfit far above the noise, "
+                        "spread far above the prior's): raise fails the command, warn keeps the result and "
+                        "prints the failed checks (also stored in the posterior's attrs)")
+    p.add_argument("--max-zscore", type=float, default=20.0,
+                   help="refuse observation values further than this many training stds from the training mean "
+                        "(a units mistake); raise it if such values are real")
+    p.add_argument("--max-memory-gb", type=float, default=8.0,
+                   help="refuse, before sampling, a run whose field draws and observations need more memory")
+    p.add_argument("--json-summary", action="store_true",
+                   help="print the run summary as JSON on stdout (the text summary still goes to stderr)")
     p.add_argument("--out", required=True, metavar="POSTERIOR.nc", help="posterior file to write (netCDF)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -86,6 +98,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
+    import json
+    import sys
     import warnings
     from pathlib import Path
 
@@ -93,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     from inference.reconstruct import open_run, reconstruct, sampler_config
     from inference.report import save_posterior
+    from inference.summary import run_summary, summary_text
 
     from ..data.observations import ObservationSet
 
@@ -124,17 +139,25 @@ def run(args: argparse.Namespace) -> int:
     run_ = open_run(args.run_dir, require_prior=args.sampler != "gp")
     obs = ObservationSet.load(args.obs)
     with warnings.catch_warnings():
-        # already said above, as --steps
+        # already said above, as --steps; a failed self-check with --checks warn is in the summary below
         warnings.filterwarnings("ignore", message="num_steps:", category=UntestedSettingWarning)
+        warnings.filterwarnings("ignore", category=SelfCheckWarning)
         idata = reconstruct(
             run_, obs, key=jax.random.key(args.seed), sampler=args.sampler, draws=args.draws, chains=args.chains,
             times=parse_float_list(args.times, "--times"), resolution=args.resolution, likelihood=args.likelihood,
             sigma=sigma, config=config, chunk_size=_chunk_size(args), progress=not args.no_progress,
-            message_kernel=args.message_kernel,
+            message_kernel=args.message_kernel, checks=args.checks, max_abs_zscore=args.max_zscore,
+            max_memory_gb=args.max_memory_gb,
         )
     save_posterior(idata, out, overwrite=args.overwrite)
+    summary = run_summary(idata)
+    # Stdout carries the JSON summary alone when asked for; the human summary is on stderr.
     print(f"wrote {out} ({args.sampler}, {args.chains} x {args.draws} draws, "
-          f"{float(idata.posterior.attrs.get('wall_time_s', 0.0)):.1f} s sampling)")
+          f"{float(idata.posterior.attrs.get('wall_time_s', 0.0)):.1f} s sampling)",
+          file=sys.stderr if args.json_summary else sys.stdout)
+    print(summary_text(summary), file=sys.stderr)
+    if args.json_summary:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
