@@ -39,7 +39,7 @@ def child(repeats: int, draws: int, steps: int) -> dict:
     bundle = ROOT / "sdift_prob" / "pretrained" / "ocean"
     run = open_run(bundle / "run")
     obs = ObservationSet.load(bundle / "obs_rho1pct.nc")
-    config = GuidedConfig(num_steps=steps)
+    config = GuidedConfig(method="mpdps", guidance="fisher", num_steps=steps)
     times, walls = [], []
     for i in range(repeats + 1):
         t0 = time.perf_counter()

@@ -103,6 +103,6 @@ def determinism_arrays() -> dict[str, np.ndarray]:
     out = {"ftm_cores": np.asarray(fit.cores)}
     for sampler in ("gp", "mpdps"):
         idata = reconstruct(run, obs, key=jax.random.key(5), sampler=sampler, draws=4,
-                            config=GuidedConfig(num_steps=6))
+                            config=GuidedConfig(method="mpdps", guidance="fisher", num_steps=6))
         out[f"{sampler}_field"] = idata.posterior["field"].values
     return out

@@ -24,7 +24,8 @@ def problems(B=3, M=4, P=3, D=2):
     return out
 
 
-KW = dict(core_mean=0.3, core_std=2.0, config=GuidedConfig(method="mpdps", num_steps=5, sigma_y=0.3, churn=2.0))
+KW = dict(core_mean=0.3, core_std=2.0, config=GuidedConfig(method="mpdps", guidance="fisher", num_steps=5, sigma_y=0.3,
+                                                churn=2.0))
 
 
 def test_many_equals_one_call_per_trajectory():

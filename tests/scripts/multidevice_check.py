@@ -59,7 +59,7 @@ def main(out: Path) -> None:
     run = Run(ftm=fit1, prior=rh.untrained_prior(fit1))  # the prior of rh.determinism_arrays
     obs = rh.simple_obs(ds, trajectory=1)
     idata = reconstruct(run, obs, key=jax.random.key(5), sampler="mpdps", draws=4,
-                        config=GuidedConfig(num_steps=6))  # sample_posterior default: all devices
+                        config=GuidedConfig(method="mpdps", guidance="fisher", num_steps=6))  # sample_posterior default: all devices
     arrays["reconstruct_mpdps_field"] = idata.posterior["field"].values
     # sample_posterior on a linear-Gaussian problem with an analytic denoiser (no convolutions):
     # 5 draws over 2 devices (the chunk padded to 6, the extra chain dropped)
@@ -75,7 +75,7 @@ def main(out: Path) -> None:
         return 0.25 / (0.25 + sigma**2) * x
 
     kw = dict(core_mean=0.3, core_std=2.0, times_norm=np.linspace(0.0, 1.0, M), noise_chol=np.eye(M),
-              config=GuidedConfig(method="mpdps", num_steps=6, sigma_y=0.3, churn=5.0), num_draws=5)
+              config=GuidedConfig(method="mpdps", guidance="fisher", num_steps=6, sigma_y=0.3, churn=5.0), num_draws=5)
     d1, _ = sample_posterior(jax.random.key(2), white, A, padded, devices=1, **kw)
     d2, _ = sample_posterior(jax.random.key(2), white, A, padded, devices=2, **kw)
     summary["sampling"] = {"bitwise_1_vs_2": bool(np.array_equal(d1, d2)), "maxdiff": float(np.abs(d1 - d2).max())}

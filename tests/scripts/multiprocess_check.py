@@ -35,7 +35,7 @@ def linear_draws(**kw) -> np.ndarray:
 
     draws, _ = sample_posterior(jax.random.key(2), white, rng.normal(size=(M, P, D)), padded, core_mean=0.3,
                                 core_std=2.0, times_norm=np.linspace(0.0, 1.0, M), noise_chol=np.eye(M),
-                                config=GuidedConfig(method="mpdps", num_steps=6, sigma_y=0.3), num_draws=4, **kw)
+                                config=GuidedConfig(method="mpdps", guidance="fisher", num_steps=6, sigma_y=0.3), num_draws=4, **kw)
     return draws
 
 
