@@ -180,7 +180,8 @@ class Scores:
         for m, d in self.values.items():
             out[m] = {}
             for k, v in d.items():
-                mean, std = summarise(np.asarray(v))
+                finite = np.asarray(v)[np.isfinite(v)]  # a diverged run leaves NaN (counted in "diverged")
+                mean, std = summarise(finite) if finite.size else (float("nan"), float("nan"))
                 out[m][k] = {"mean": mean, "std": std, "values": v}
         return out
 

@@ -35,9 +35,6 @@ def _noise_key(entry: dict[str, Any]) -> tuple[Any, ...]:
     return (entry["noise"], entry["level"], entry["rho"], entry["setting"])
 
 
-def _trajectories(cell: dict[str, Any]) -> tuple[int, ...]:
-    start = cell.get("first_test", 0)
-    return tuple(cell.get("test_trajectories", range(start, start + cell["n_test"])))
 
 
 def _join_methods(pieces: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
@@ -45,10 +42,15 @@ def _join_methods(pieces: list[dict[str, Any]], what: str) -> list[dict[str, Any
     run later on the committed protocol) become one piece holding all their methods."""
     by_range: dict[tuple[Any, ...], dict[str, Any]] = {}
     for c in pieces:
-        key = (c.get("first_test", 0), _trajectories(c))
+        # the position in the test split; older files do not list the dataset indices
+        key = (c.get("first_test", 0), c["n_test"])
         if key not in by_range:
             by_range[key] = {**c, "methods": dict(c["methods"])}
             continue
+        ids = [x.get("test_trajectories") for x in (by_range[key], c)]
+        if None not in ids and ids[0] != ids[1]:
+            raise SystemExit(f"{what}: two files hold different trajectories at the same positions")
+        by_range[key].setdefault("test_trajectories", c.get("test_trajectories"))
         both = set(by_range[key]["methods"]) & set(c["methods"])
         if both:
             raise SystemExit(f"{what}: two files scored {sorted(both)} on the same test trajectories")

@@ -1,12 +1,15 @@
 """Markdown tables from the benchmark JSON files (so RESULTS.md quotes them, not hand-typed figures).
 
     python -m benchmarks.tables benchmarks/results/accuracy_full.json [benchmarks/results/speed.json]
+    python -m benchmarks.tables --sweep benchmarks/results/noise_sweep/*.json
 """
 
 from __future__ import annotations
 
 import json
 import sys
+
+import numpy as np
 from typing import Any
 
 LABELS = {"mmps": "**MMPS (default)**", "mpdps": "MPDPS", "mpdps_fitted": "MPDPS, fitted message kernel", "dps": "DPS", "gp": "FTM + GP prior (exact)", "kriging": "kriging (GPJax)",
@@ -54,7 +57,7 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
     heads = [f"ρ={c['rho']:.0%}, setting {c['setting']}" + ("" if len(ns) == 1 else f" (n={c['n_test']})")
              for c in cells]
     out.extend(_vrmse_rows(heads, cells))
-    for variant in ("mpdps", "mpdps_fitted"):
+    for variant in ("mmps", "mpdps", "mpdps_fitted"):
         gains = []
         for c in cells:
             mp, dp = c["methods"].get(variant), c["methods"].get("dps")
@@ -71,18 +74,27 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
             best.append(f"{100 * (1 - mp['vrmse']['mean'] / min(classical)):.0f}%")
     if best:
         out.append("| best MPDPS vs best classical (kriging, linear) | " + " | ".join(best) + " |")
+    for other in ("kriging", "gp", "mpdps"):
+        rel = [f"{100 * (1 - c['methods']['mmps']['vrmse']['mean'] / c['methods'][other]['vrmse']['mean']):.0f}%"
+               if "mmps" in c["methods"] and other in c["methods"] else "–" for c in cells]
+        if any(r != "–" for r in rel):
+            out.append(f"| MMPS vs {LABELS[other].strip('*')} (VRMSE reduction) | " + " | ".join(rel) + " |")
     out.append("")
-    out.append(f"Uncertainty on {name} (50% / 90% coverage, CRPS in field units; `cal` = after "
+    out.append(f"Uncertainty on {name} (50% / 90% coverage of Student-t predictive intervals, [of quantile "
+               "intervals of the draws] where measured, CRPS in field units; `cal` = after "
                "`calibrate_reconstruction`):\n")
     out.append("| method | " + " | ".join(heads) + " |")
     out.append("|---" * (len(cells) + 1) + "|")
-    for m in ("mpdps", "mpdps_fitted", "dps", "gp", "kriging"):
+    for m in ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging"):
         if not any(m in c["methods"] for c in cells):
             continue
         row = []
         for c in cells:
             d = c["methods"].get(m)
-            row.append("–" if not d else f"{_m(d, 'coverage_50')} / {_m(d, 'coverage_90')}, {_m(d, 'crps', 3)}")
+            quantile = (f" [quantile {_m(d, 'coverage_50_quantile')} / {_m(d, 'coverage_90_quantile')}]"
+                        if d and "coverage_90_quantile" in d else "")
+            row.append("–" if not d else f"{_m(d, 'coverage_50')} / {_m(d, 'coverage_90')}{quantile}, "
+                       f"{_m(d, 'crps', 3)}")
         out.append(f"| {LABELS[m]} | " + " | ".join(row) + " |")
         if any("coverage_90_cal" in c["methods"].get(m, {}) for c in cells):
             row = []
@@ -94,7 +106,7 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
             out.append(f"| {LABELS[m]} cal | " + " | ".join(row) + " |")
     out.append("")
     secs = []
-    for m in ("mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear"):
+    for m in ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear"):
         vals = [c["methods"][m]["seconds"]["mean"] for c in cells if m in c["methods"] and "seconds" in c["methods"][m]]
         if vals:
             secs.append(f"{LABELS[m].strip('*')} {sum(vals) / len(vals):.1f} s")
@@ -182,8 +194,40 @@ def exactness_tables(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def sweep_table(results: list[dict[str, Any]]) -> str:
+    """VRMSE by noise level (columns) for each setting and method, from accuracy files that differ
+    only in `--noise-scale` (`benchmarks/results/noise_sweep/`); a diverged run counts as such."""
+    cols: dict[tuple[int, float], dict[str, Any]] = {}
+    for res in results:
+        for ds in res["datasets"].values():
+            for c in ds["cells"]:
+                cols[(c["setting"], c["noise_level"])] = c
+    out = []
+    for setting in sorted({k[0] for k in cols}):
+        keys = sorted(k for k in cols if k[0] == setting)
+        out.append(f"Setting {setting} (ρ = {cols[keys[0]]['rho']:.0%}, {cols[keys[0]]['n_test']} test trajectories), "
+                   "VRMSE by noise std / training std:\n")
+        out.append("| method | " + " | ".join(f"{k[1]:g}" for k in keys) + " |")
+        out.append("|---" * (len(keys) + 1) + "|")
+        methods = dict.fromkeys(m for k in keys for m in cols[k]["methods"])
+        for m in methods:
+            row = []
+            for k in keys:
+                d = cols[k]["methods"].get(m)
+                bad = int(np.nansum(d["diverged"]["values"])) if d and "diverged" in d else 0
+                row.append("–" if not d else (f"{d['vrmse']['mean']:.3f}" if np.isfinite(d["vrmse"]["mean"]) else "")
+                           + (f" ({bad} diverged)" if bad else ""))
+            out.append(f"| {LABELS.get(m, m).strip('*')} | " + " | ".join(row) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    for path in (argv if argv is not None else sys.argv[1:]):
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args and args[0] == "--sweep":
+        print(sweep_table([json.loads(open(p).read()) for p in args[1:]]))
+        return 0
+    for path in args:
         res = json.loads(open(path).read())
         print(f"<!-- from {path} -->")
         if "datasets" in res:

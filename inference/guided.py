@@ -162,9 +162,12 @@ class GuidedConfig(eqx.Module):
       value when `infer_sigma`), `"metadata"` (per point, from `padded.noise_scale`), or `None`
       (sampling then needs `infer_sigma`, which starts at the standard deviation of the observed
       values, or `"poisson"`, which has no σ).
-    - `infer_sigma`: update σ_y inside the sampler (`inference.noise.update_sigma`) from step
-      `ceil(sigma_burn_in · num_steps)` on; `sigma_prior_scale`, `mh_steps`, `mh_step_size`
-      are its settings.
+    - `infer_sigma`: update σ_y inside the sampler from step `ceil(sigma_burn_in · num_steps)`
+      on: with `"mmps"` guidance and Gaussian noise from its marginal likelihood given the
+      diffusion state (`inference.noise.update_sigma_tweedie`, no feedback through the guided
+      estimate), otherwise from the residuals of the step's clean estimate
+      (`inference.noise.update_sigma`); `sigma_prior_scale`, `mh_steps`, `mh_step_size` are
+      their settings.
     - `edm`: `EDMConfig` giving `sigma_min`, `sigma_max`, `rho`, `sigma_data`, `S_min`,
       `S_max`, `S_noise` (its own `num_steps`/`S_churn` are replaced by the fields here).
     """

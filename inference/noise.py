@@ -1,12 +1,15 @@
 """Inference of the observation noise level σ when it is not known.
 
-Two routes, both with the FTM cores held fixed at a current estimate or a posterior draw:
+Three routes, the first and last with the FTM cores held fixed at a current estimate or a posterior draw:
 
 - **Inside the guided sampler** (`update_sigma`): a Gibbs-style update after a burn-in fraction
   of the steps. For the Gaussian likelihood σ² is drawn from its conjugate inverse-gamma
   conditional; for every other likelihood a few random-walk Metropolis steps on log σ target the
   NumPyro observation model's own log density (its σ prior plus the likelihood), so any
   likelihood of `models.observation` works without new code.
+- **Inside the moment-matching sampler, Gaussian noise** (`update_sigma_tweedie`): σ from its
+  marginal likelihood given the diffusion state under the Tweedie approximation, with the clean
+  sequence integrated out instead of fixed at an estimate that σ itself guided.
 - **For the report** (`sigma_posterior_nuts`): NumPyro NUTS over σ with the cores fixed at each
   posterior draw, one σ per draw, all draws in one run (the target factorises over draws).
 

@@ -348,11 +348,11 @@ def reconstruct(
     """
     _check_before_work(key, sampler, config)
     _check_settings(checks, max_abs_zscore, max_memory_gb)  # issue 16
-    if not isinstance(run, Run):
-        run = open_run(run, require_prior=sampler != "gp")
     if sampler not in SAMPLERS:
         raise bad_input("sampler", f"one of {SAMPLERS}", sampler)
     base = None if sampler == "gp" else sampler_config(sampler, config)  # a contradiction fails before any work
+    if not isinstance(run, Run):
+        run = open_run(run, require_prior=sampler != "gp")
     if not isinstance(obs, ObservationSet):
         raise bad_input("obs", "an ObservationSet", type(obs).__name__)
     if tuple(obs.space_dims) != run.space_dims:
