@@ -383,9 +383,12 @@ def test_run_records_the_data_units_without_extra(tmp_path, tucker_ds, tucker_fi
     open_run reads its provenance (sections.ftm.info.extra), and reconstruct labels with them."""
     from inference.reconstruct import open_run
 
-    fit, _ = tucker_fit
+    fit, report = tucker_fit
     expected = {"units": "K", "long_name": "tucker field", "coord_units": {"time": "s", "x": "m", "y": "m"},
-                "simulator": "test-tucker"}
+                "simulator": "test-tucker",
+                # the fit's own error at a point, which reconstruct adds to a given noise
+                "representation_error": {"std": report["holdout_rmse"],
+                                         "source": "RMSE on held-out entries at fit time"}}
     assert fit.metadata == expected
     run_dir = save_run(tmp_path / "run", fit)
     info = json.loads((run_dir / MANIFEST).read_text())["sections"]["ftm"]["info"]

@@ -243,7 +243,7 @@ def test_fewer_sampler_steps_than_tested_warn_before_any_work(shipped_obs, tmp_p
             reconstruct(nowhere, obs, key=jax.random.key(0), config=GuidedConfig(num_steps=2))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UntestedSettingWarning)
-        for sampler, config in (("mpdps", GuidedConfig(num_steps=8)), ("dps", None),
+        for sampler, config in (("mpdps", GuidedConfig(method="mpdps", guidance="fisher", num_steps=8)), ("dps", None),
                                 ("gp", GuidedConfig(num_steps=2))):  # gp takes no steps
             with pytest.raises(InputError, match="run_dir"):
                 reconstruct(nowhere, obs, key=jax.random.key(0), sampler=sampler, config=config)
