@@ -23,7 +23,7 @@ def shipped():
     return run, truth
 
 
-@pytest.mark.parametrize("sampler", ["mmps", "mpdps", "gp"])
+@pytest.mark.parametrize("sampler", ["mmps", "mpdps", "dps", "gp"])
 @pytest.mark.parametrize("level", [1e-3, 0.3])
 def test_precise_or_noisy_data_give_a_sane_posterior_or_a_clear_error(shipped, sampler, level):
     run, truth = shipped
