@@ -71,7 +71,7 @@ from sdift_prob.baselines import fit_kriging, linear_interpolation, training_mea
 from sdift_prob.data.fields import load_fields, train_part
 from sdift_prob.data.observations import sample_observations, select_trajectory
 from sdift_prob.errors import NumericalError
-from sdift_prob.io import atomic_file
+from sdift_prob.io import write_json
 from sdift_prob.metrics import crps_gaussian, gaussian_interval_coverage, summarise, vrmse
 from sdift_prob.pretrained.recipes import commands
 
@@ -578,8 +578,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(path: str, results: dict[str, Any], started: float) -> None:
     results["wall_time_s"] = time.perf_counter() - started
-    with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(results, indent=1))
+    write_json(path, results)
 
 
 if __name__ == "__main__":

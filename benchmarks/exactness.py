@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,7 +47,7 @@ from inference.guided import GuidedConfig, sample_posterior
 from sdift_prob.data.observations import PaddedObservations
 from sdift_prob.errors import NumericalError
 from sdift_prob.gp import TemporalKernel
-from sdift_prob.io import atomic_file
+from sdift_prob.io import write_json
 
 NOISE_KERNEL = TemporalKernel("rbf", lengthscale=0.1, variance=1.0)  # the shipped priors' noise kernel
 NOISE_JITTER = 1e-5
@@ -266,11 +265,6 @@ def configs(sigma_y: float, names: Sequence[str] = DEFAULT_VARIANTS) -> dict[str
             for name in names}
 
 
-def _write_json(path: str, obj: Any) -> None:
-    with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1))
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON file for the results")
@@ -329,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       + (f" sigma/true {v['sigma_mean'][0]:.3f} sigma/exact {v['sigma_over_exact'][0]:.3f} "
                          f"sigma_cover90 {v['sigma_cover90'][0]:.2f} (exact {v['exact_sigma_cover90'][0]:.2f})"
                          if "sigma_mean" in v else ""), flush=True)
-            _write_json(args.out, results)
+            write_json(args.out, results)
 
 
 if __name__ == "__main__":

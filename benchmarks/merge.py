@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sdift_prob.io import atomic_file
+from sdift_prob.io import write_json
 from sdift_prob.metrics import summarise
 
 _SHARED_CONFIG = ("draws", "noise_scale", "source")
@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
     merged = merge(results, args.files)
     merged["command"] = " ".join(["python -m benchmarks.merge", *(argv if argv is not None else sys.argv[1:])])
-    with atomic_file(args.out, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(merged, indent=1))
+    write_json(args.out, merged)
     print(f"merged {len(args.files)} files into {args.out}")
     return 0
 

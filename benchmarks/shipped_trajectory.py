@@ -26,7 +26,7 @@ from inference.reconstruct import open_run, reconstruct
 from inference.report import evaluate
 from sdift_prob import pretrained
 from sdift_prob.data import ObservationSet, load_fields, select_trajectory
-from sdift_prob.io import atomic_file
+from sdift_prob.io import write_json
 
 
 def measure(variant: str, draws: int, sigma: Any) -> dict[str, Any]:
@@ -62,9 +62,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for v in args.variants:
         rows.append(measure(v, args.draws, sigma))
         print(json.dumps(rows[-1]), flush=True)
-        with atomic_file(args.out, overwrite=True) as tmp:
-            tmp.write_text(json.dumps({"rows": rows, "command": "python -m benchmarks.shipped_trajectory "
-                                       + " ".join(argv if argv is not None else sys.argv[1:])}, indent=1))
+        write_json(args.out, {"rows": rows, "command": "python -m benchmarks.shipped_trajectory "
+                              + " ".join(argv if argv is not None else sys.argv[1:])})
 
 
 if __name__ == "__main__":

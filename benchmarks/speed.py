@@ -47,7 +47,7 @@ from inference.reconstruct import Run, open_run, reconstruct
 from sdift_prob import pretrained
 from sdift_prob.data.observations import ObservationSet, PaddedObservations
 from sdift_prob.ftm import decode_grid, design_rows
-from sdift_prob.io import atomic_file
+from sdift_prob.io import write_json
 
 
 SECTIONS = ("draws", "guided_vs_unconditional", "sampler_cost", "observations", "time_stamps", "resolution", "core_size", "training")
@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         res["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
                           "devices": [str(d) for d in jax.devices()]}
-        with atomic_file(args.out, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(res, indent=1))
+        write_json(args.out, res)
 
     n_default = round(0.01 * np.prod([len(g) for g in run.ftm.grids])) * times.size  # 1% per time stamp
     obs = synthetic_obs(run, jax.random.key(1), int(n_default), times)

@@ -39,8 +39,8 @@ from jaxtyping import Array, Float
 
 from sdift_prob.errors import bad_input
 
-__all__ = ["GuidanceRule", "MomentMatching", "Fisher", "Reference", "FramePreconditioner", "as_guidance_rule",
-           "moment_matching_update"]
+__all__ = ["GuidanceRule", "MomentMatching", "Fisher", "Reference", "PointPreconditioner", "FramePreconditioner",
+           "as_guidance_rule", "moment_matching_update", "isotropic_tweedie_variance", "safe_ratio"]
 
 
 class GuidanceRule(eqx.Module):
@@ -56,10 +56,10 @@ class GuidanceRule(eqx.Module):
 
 class MomentMatching(GuidanceRule):
     """MMPS: Gaussian update with the Tweedie covariance, solved by `cg_steps` CG iterations
-    (each one JVP of the denoiser), preconditioned per frame with the isotropic covariance
-    (`FramePreconditioner`) unless `precondition=False` or frames hold more than
-    `inference.guided.MAX_PRECONDITIONED_POINTS` padded points. `cg_steps` trades cost for
-    exactness; `benchmarks/exactness.py` measures the curve."""
+    (each one JVP of the denoiser), preconditioned unless `precondition=False`: over all points
+    (`PointPreconditioner`) up to `inference.guided.MAX_PRECONDITIONED_POINTS` padded points,
+    else per frame (`FramePreconditioner`) up to `MAX_PRECONDITIONED_FRAME` per frame. `cg_steps`
+    trades cost for exactness; `benchmarks/exactness.py` measures the curve."""
 
     cg_steps: int = eqx.field(static=True, default=3)
     precondition: bool = eqx.field(static=True, default=True)
@@ -108,8 +108,16 @@ def as_guidance_rule(rule: Any) -> GuidanceRule:
                     rule)
 
 
-def _safe_div(num: Array, den: Array) -> Array:
+def safe_ratio(num: Array, den: Array) -> Array:
+    """`num / den` where `den > 0`, else 0 (no NaN gradient through the masked branch)."""
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def isotropic_tweedie_variance(sigma: Array, sigma_data: float) -> Array:
+    """`r² = σ² σ_d² / (σ² + σ_d²)`: `Cov[x0 | x]` at noise level σ for a prior `N(0, σ_d² I)`
+    under white noise — the Fisher rule's covariance, and the scale of the MMPS preconditioner
+    and of the σ update's covariance approximation."""
+    return sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
 
 
 def _pcg(op: Callable[[Array], tuple[Array, Array]], precond: Callable[[Array], Array], b: Array, steps: int) -> Array:
@@ -126,11 +134,11 @@ def _pcg(op: Callable[[Array], tuple[Array, Array]], precond: Callable[[Array], 
         # positive, and a direction with pᵀ op p < pᵀ p (negative curvature of S) would send CG
         # far along it. Stop there, keeping the iterate so far (truncated CG, as Steihaug's).
         going = going & (pap >= jnp.sum(p * p))
-        alpha = jnp.where(going, _safe_div(rz, pap), 0.0)
+        alpha = jnp.where(going, safe_ratio(rz, pap), 0.0)
         r = r - alpha * ap
         z = precond(r)
         rz_new = jnp.sum(r * z)
-        return (tv + alpha * tp, r, z + _safe_div(rz_new, rz) * p, rz_new, going), None
+        return (tv + alpha * tp, r, z + safe_ratio(rz_new, rz) * p, rz_new, going), None
 
     _, t_shape = jax.eval_shape(op, b)
     z = precond(b)
@@ -198,7 +206,7 @@ def moment_matching_update(
     - `weight`: the points' precisions `w` (IRLS weights; 0 at padding).
     - `cg_steps`: CG iterations.
     - `precond`: an SPD approximation of the whitened system's inverse, `(K, M, P) -> (K, M, P)`
-      (e.g. a bound `FramePreconditioner`); None: plain CG.
+      (e.g. a bound `PointPreconditioner`); None: plain CG.
 
     **Returns:** the correction `(M, D)`.
 

@@ -80,18 +80,15 @@ class Run:
         The basis cannot represent a field exactly; data assimilation calls this the
         representativeness error and adds it to the observation error, which keeps a posterior
         from over-fitting precise data through the basis. It is the RMSE on held-out entries at
-        fit time, recorded with the run by `fit_ftm` since this version (its `FTMFit.metadata`); for older runs
-        the held-out VRMSE stands in for it (exact when every training trajectory has the
-        training set's variance; larger otherwise, i.e. on the safe side).
+        fit time, recorded with the run by `fit_ftm` since this version (its `FTMFit.metadata`);
+        for older runs the held-out VRMSE of `sdift fit-ftm`'s summary stands in for it (exact
+        when every training trajectory has the training set's variance; larger otherwise, i.e.
+        on the safe side).
         """
         recorded = self.provenance.get("representation_error") if isinstance(self.provenance, dict) else None
         if isinstance(recorded, dict) and recorded.get("std") is not None:
             return float(recorded["std"]), str(recorded.get("source", "recorded with the run"))
         fit = self.provenance.get("fit", {}) if isinstance(self.provenance, dict) else {}
-        for key, what in (("holdout_rmse", "RMSE on held-out entries at fit time"),
-                          ("train_rmse", "RMSE on the training entries at fit time (no held-out entries)")):
-            if fit.get(key) is not None:
-                return float(fit[key]), what
         for key in ("holdout_vrmse", "full_vrmse"):
             if fit.get(key) is not None:
                 return float(fit[key]), f"{key} at fit time (per-trajectory variance taken as the training variance)"
@@ -382,7 +379,10 @@ def reconstruct(
     times_norm = run.normalise_time(grid_times)
     sigma_y, infer_sigma = _noise_setting(obs, sigma, normalizer.std, sampler) if conditioned else (1.0, False)
     rep_error, rep_source = _representation_error(run, representation_error)
-    if conditioned and not infer_sigma and likelihood != "poisson" and sigma_y != "metadata":
+    rep_applied = ("no observations" if not conditioned else "absorbed by the inferred sigma" if infer_sigma
+                   else "not used (poisson likelihood)" if likelihood == "poisson" else "added to the given noise")
+    rep_added = rep_applied == "added to the given noise"  # to sigma_y here, or per point below
+    if rep_added and sigma_y != "metadata":
         sigma_y = math.hypot(sigma_y, rep_error)
 
     # The padded observations in normalised field units; a frame without points is all-masked.
@@ -408,7 +408,7 @@ def reconstruct(
         values=np.where(mask, np.asarray(normalizer.forward(padded_phys.values)), 0.0),
         coords=coords,
         noise_scale=np.where(mask, np.hypot(np.asarray(padded_phys.noise_scale) / normalizer.std,
-                                            rep_error if sigma_y == "metadata" else 0.0), 1.0),
+                                            rep_error if rep_added and sigma_y == "metadata" else 0.0), 1.0),
         mask=mask,
     )
     design = np.asarray(design_rows(ftm.model, coords.reshape(-1, coords.shape[-1]))).reshape(M, P, -1)
@@ -506,13 +506,8 @@ def reconstruct(
         "likelihood": likelihood,
         "settings": settings,
         "sigma_input": sigma if isinstance(sigma, (str, type(None))) else float(sigma),
-        "representation_error": {
-            "std": rep_error * float(normalizer.std),
-            "source": rep_source,
-            "applied": ("added to the given noise" if conditioned and not infer_sigma and likelihood != "poisson"
-                        else "absorbed by the inferred sigma" if infer_sigma
-                        else "not used (poisson likelihood)" if likelihood == "poisson" else "no observations"),
-        },
+        "representation_error": {"std": rep_error * float(normalizer.std), "source": rep_source,
+                                 "applied": rep_applied},
         "seed_key": np.asarray(jax.random.key_data(key)).tolist(),
         "run_dir": str(run.path) if run.path is not None else "",
         "sdift_prob_version": __version__,

@@ -52,6 +52,15 @@ def atomic_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
             tmp.unlink()
 
 
+def write_json(path: str | os.PathLike, obj: object, *, overwrite: bool = True) -> Path:
+    """`obj` as indented JSON, written atomically (`atomic_file`); returns the path."""
+    import json
+
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.

@@ -135,7 +135,8 @@ def test_contradicting_precise_observations_fail_the_residual_check(tiny):
     noise of 0.01 sits between them, 5 units = 500 noise stds from each: the noise level used is
     not what these data have. With the run's representation error known (recorded at fit time)
     this is an error."""
-    run = Run(ftm=tiny["fit"], prior=None, provenance={"fit": {"holdout_rmse": 1e-3}})
+    run = Run(ftm=tiny["fit"], prior=None,
+              provenance={"representation_error": {"std": 1e-3, "source": "RMSE on held-out entries at fit time"}})
     obs = ObservationSet(value=np.array([12.0, 2.0]), time=np.zeros(2), coords=np.array([[1.0, 0.0]] * 2),
                          space_dims=rh.DIMS, noise_scale=np.full(2, 0.01))
     with pytest.raises(NumericalError, match=r"self-check 'residual' failed: .* noise stds"):
