@@ -44,6 +44,7 @@ from jaxtyping import Array
 
 from benchmarks.variants import parse_variant
 from inference.guided import GuidedConfig, sample_posterior
+from inference.preconditioners import PriorSpectrum
 from sdift_prob.data.observations import PaddedObservations
 from sdift_prob.errors import NumericalError
 from sdift_prob.gp import TemporalKernel
@@ -100,6 +101,11 @@ class GaussianPrior:
             jnp.asarray(np.maximum(kappa, 0.0), jnp.float32), jnp.asarray(lam, jnp.float32),
         )
         return cls(times=t, lam=lam, k_time=k_time, noise_chol=L, denoiser=den)
+
+    @property
+    def spectrum(self) -> PriorSpectrum:
+        """The per-frame covariance `diag(lam)` as the sampler's preconditioner takes it."""
+        return PriorSpectrum.from_covariance(np.diag(self.lam))
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """`n` prior draws `(n, M, D)`."""
@@ -229,6 +235,7 @@ def run_sampler(config: GuidedConfig, prior: GaussianPrior, rep: Replicate, *, m
     W, info = sample_posterior(
         jax.random.key(seed), prior.denoiser, rep.design, rep.padded, core_mean=m, core_std=s,
         times_norm=prior.times, noise_chol=prior.noise_chol, config=config, num_draws=draws, chunk_size=chunk_size,
+        prior_spectrum=prior.spectrum,
     )
     x = (np.asarray(W, np.float64).reshape(draws, *rep.truth.shape) - m) / s
     return x, (np.asarray(info["sigma_y"]) if config.infer_sigma else None)

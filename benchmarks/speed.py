@@ -105,7 +105,8 @@ def guided(run: Run, prior: Any, inputs: dict[str, Any], key: jax.Array, draws: 
         draws_, _ = sample_posterior(key, prior.denoise, inputs["design"], inputs["padded"],
                                      core_mean=float(prior.core_mean), core_std=float(prior.core_std),
                                      times_norm=inputs["times_norm"], noise_chol=chol, config=cfg,
-                                     num_draws=draws, core_shape=core_shape or run.core_shape)
+                                     num_draws=draws, core_shape=core_shape or run.core_shape,
+                                     prior_spectrum=run.prior_spectrum if cfg.guidance.name == "mmps" else None)
         return draws_
 
     return call

@@ -39,8 +39,7 @@ from jaxtyping import Array, Float
 
 from sdift_prob.errors import bad_input
 
-__all__ = ["GuidanceRule", "MomentMatching", "Fisher", "Reference", "PointPreconditioner", "FramePreconditioner",
-           "as_guidance_rule", "moment_matching_update", "isotropic_tweedie_variance", "safe_ratio"]
+__all__ = ["GuidanceRule", "MomentMatching", "Fisher", "Reference", "as_guidance_rule", "moment_matching_update", "isotropic_tweedie_variance", "safe_ratio"]
 
 
 class GuidanceRule(eqx.Module):
@@ -56,13 +55,16 @@ class GuidanceRule(eqx.Module):
 
 class MomentMatching(GuidanceRule):
     """MMPS: Gaussian update with the Tweedie covariance, solved by `cg_steps` CG iterations
-    (each one JVP of the denoiser), preconditioned unless `precondition=False`: over all points
-    (`PointPreconditioner`) up to `inference.guided.MAX_PRECONDITIONED_POINTS` padded points,
-    else per frame (`FramePreconditioner`) up to `MAX_PRECONDITIONED_FRAME` per frame. `cg_steps`
-    trades cost for exactness; `benchmarks/exactness.py` measures the curve."""
+    (each one JVP of the denoiser), preconditioned unless `precondition=False`
+    (`inference.preconditioners`): over all points up to
+    `inference.guided.MAX_PRECONDITIONED_POINTS` padded points, else per frame up to
+    `MAX_PRECONDITIONED_FRAME` per frame, with up to `anchors` profiles of the Tweedie covariance
+    along the prior's principal axes (when the prior's spectrum is given; 1: isotropic only).
+    `cg_steps` trades cost for exactness; `benchmarks/exactness.py` measures the curve."""
 
     cg_steps: int = eqx.field(static=True, default=3)
     precondition: bool = eqx.field(static=True, default=True)
+    anchors: int = eqx.field(static=True, default=4)
 
     def __check_init__(self) -> None:
         v = self.cg_steps
@@ -70,13 +72,16 @@ class MomentMatching(GuidanceRule):
             raise bad_input("cg_steps", "an integer >= 1", v)
         if not isinstance(self.precondition, bool):
             raise bad_input("precondition", "a bool", self.precondition)
+        if isinstance(self.anchors, bool) or not isinstance(self.anchors, int) or self.anchors < 1:
+            raise bad_input("anchors", "an integer >= 1", self.anchors)
 
     @property
     def name(self) -> str:
         return "mmps"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "cg_steps": self.cg_steps, "precondition": self.precondition}
+        return {"name": self.name, "cg_steps": self.cg_steps, "precondition": self.precondition,
+                "anchors": self.anchors}
 
 
 class Fisher(GuidanceRule):
@@ -147,39 +152,6 @@ def _pcg(op: Callable[[Array], tuple[Array, Array]], precond: Callable[[Array], 
     return tv
 
 
-class PointPreconditioner(eqx.Module):
-    """`(I + c G)⁻¹` on the own points of all frames at once, `G = diag(√F) A (Σ ⊗ I) Aᵀ diag(√F)`
-    from its precomputed eigendecomposition: the whitened system when `V ≈ c (Σ ⊗ I)`, the
-    Tweedie covariance of a prior white in space with the diffusion noise's temporal kernel Σ
-    (exact as σ → 0 for any prior, the right scale as σ → ∞). It removes the conditioning of
-    coherent design rows and of the frames' coupling; CG then corrects for the rest of `V`.
-    Identity on the other groups (messages)."""
-
-    vals: Float[Array, " N"]
-    vecs: Float[Array, "N N"]
-
-    def __call__(self, r: Float[Array, "K M P"], c: Float[Array, ""]) -> Float[Array, "K M P"]:
-        coeff = self.vecs.T @ r[0].ravel()
-        own = self.vecs @ (coeff / (1.0 + c * self.vals))
-        return r.at[0].set(own.reshape(r.shape[1:]))
-
-
-class FramePreconditioner(eqx.Module):
-    """`(I + c G_f)⁻¹` on each frame's own points, `G_f = diag(√F) A_f A_fᵀ diag(√F)` from its
-    precomputed eigendecomposition: the whitened system's own-point block when `V ≈ c I`
-    (the isotropic Tweedie covariance). It removes the conditioning that comes from coherent
-    design rows; CG then only has to correct for the anisotropy of the true `V`. Identity on
-    the other groups (messages)."""
-
-    vals: Float[Array, "M P"]
-    vecs: Float[Array, "M P P"]
-
-    def __call__(self, r: Float[Array, "K M P"], c: Float[Array, ""]) -> Float[Array, "K M P"]:
-        coeff = jnp.einsum("mpq,mp->mq", self.vecs, r[0])
-        own = jnp.einsum("mpq,mq->mp", self.vecs, coeff / (1.0 + c * self.vals))
-        return r.at[0].set(own)
-
-
 def moment_matching_update(
     jvp: Callable[[Array], Array],
     sigma: Float[Array, ""],
@@ -206,7 +178,7 @@ def moment_matching_update(
     - `weight`: the points' precisions `w` (IRLS weights; 0 at padding).
     - `cg_steps`: CG iterations.
     - `precond`: an SPD approximation of the whitened system's inverse, `(K, M, P) -> (K, M, P)`
-      (e.g. a bound `PointPreconditioner`); None: plain CG.
+      (e.g. a bound `inference.preconditioners.AnchoredPreconditioner`); None: plain CG.
 
     **Returns:** the correction `(M, D)`.
 

@@ -74,8 +74,6 @@ from sdift_prob.parallel import mesh as device_mesh
 
 from .guidance import (
     Fisher,
-    FramePreconditioner,
-    PointPreconditioner,
     GuidanceRule,
     MomentMatching,
     Reference,
@@ -85,6 +83,7 @@ from .guidance import (
     safe_ratio,
 )
 from .corrector import LangevinCorrector, langevin_correct
+from .preconditioners import AnchoredPreconditioner, PriorSpectrum, anchor_profiles, select_anchor
 from .noise import DEFAULT_PRIOR_SCALE, update_sigma, update_sigma_tweedie
 
 __all__ = [
@@ -291,10 +290,14 @@ class GuidedProblem(eqx.Module):
     `G_j = Σ_l mix_lj Σ_p F_lp a_lp a_lpᵀ` (`mix = I + λ C∘C`, `F` the per-point Fisher
     information at σ_y = 1, at the given noise levels for `"metadata"`, at the observed counts for
     Poisson; identity basis in `"reference"` mode); `unit_fisher (M, P)`: `F`; `row_norms (M, P)`: `‖a_p‖²`;
-    `obs_eig_vals (B, Q)`, `obs_eig_vecs (B, Q, Q)`: eigendecomposition for the MMPS
-    preconditioner named by `preconditioner`: `"points"` (B = 1, Q = M P: the whitened Gram of
-    all points `diag(√F) A (Σ_t ⊗ I) Aᵀ diag(√F)`), `"frames"` (B = M, Q = P: each frame's
-    `diag(√F) A_j A_jᵀ diag(√F)`) or `"none"` (Q = 0); `sigma_y0`: the starting σ_y;
+    `obs_eig_vals (A, B, Q)`, `obs_eig_vecs (A, B, Q, Q)`: eigendecompositions of the MMPS
+    preconditioner's anchors (`inference.preconditioners`), laid out as `preconditioner` says:
+    `"points"` (B = 1, Q = M P: the whitened Gram of all points
+    `diag(√F) A (Σ_t ⊗ U diag(h_a) Uᵀ) Aᵀ diag(√F)`), `"frames"` (B = M, Q = P: each frame's
+    `diag(√F) A_j U diag(h_a) Uᵀ A_jᵀ diag(√F)`) or `"none"` (Q = 0); `anchor_variances (R,)`,
+    `anchor_energy (R,)`, `anchor_profiles (A, R)`: the prior variances λ along the principal
+    axes U (one isotropic axis of variance σ_data² without a `PriorSpectrum`), each axis's share
+    of the whitened Gram's trace, and the anchors' profiles `h_a`; `sigma_y0`: the starting σ_y;
     `core_shape`: `(R1, .., RK)`.
     """
 
@@ -310,8 +313,11 @@ class GuidedProblem(eqx.Module):
     eig_vecs: Float[Array, "M D D"]
     unit_fisher: Float[Array, "M P"]
     row_norms: Float[Array, "M P"]
-    obs_eig_vals: Float[Array, "B Q"]
-    obs_eig_vecs: Float[Array, "B Q Q"]
+    obs_eig_vals: Float[Array, "A B Q"]
+    obs_eig_vecs: Float[Array, "A B Q Q"]
+    anchor_variances: Float[Array, " R"]
+    anchor_energy: Float[Array, " R"]
+    anchor_profiles: Float[Array, "A R"]
     sigma_y0: Float[Array, ""]
     core_shape: tuple[int, ...] = eqx.field(static=True)
     preconditioner: str = eqx.field(static=True, default="none")
@@ -383,12 +389,15 @@ def _as_padded(padded: Any, M: int, P: int) -> PaddedObservations:
 # beyond these bounds overflow its squared residuals and Fisher weights. Values that far from the
 # training distribution (~1e8 training standard deviations) are almost always a units mistake.
 MAX_ABS_VALUE = 1e8
-# The MMPS preconditioner stores an eigenbasis of all padded points (M P)², computed once per
-# problem (float32 `eigh` on 2 cores: 1,840 points 0.6 s, 5,520 points 12 s; 6,000 points take
-# 144 MB); beyond that, one per frame (P², blind to the coupling of frames: 2.3x the error on
-# the exactness bench); beyond that, plain CG.
+# The MMPS preconditioner stores an eigenbasis of all padded points (M P)² per anchor, computed
+# once per problem (float32 `eigh` on 2 cores: 1,840 points 0.6 s, 5,520 points 12 s; 6,000
+# points take 144 MB); beyond that, one per frame (P², blind to the coupling of frames: 2.3x the
+# error on the exactness bench); beyond that, plain CG. Anchors beyond the isotropic one (with a
+# `PriorSpectrum`) are kept while their eigendecompositions cost at most `ANCHOR_BUDGET` (B Q³);
+# above it two (isotropic and the prior's spectrum).
 MAX_PRECONDITIONED_POINTS = 6000
 MAX_PRECONDITIONED_FRAME = 2048
+ANCHOR_BUDGET = 2500**3
 MIN_SIGMA = 1e-6
 
 
@@ -450,6 +459,47 @@ def _sigma_arg(config: GuidedConfig, sigma_y: Array) -> Any:
     return sigma_y
 
 
+def _no_anchors(config: GuidedConfig, dtype: Any) -> tuple[Array, ...]:
+    """Anchor arrays of a problem without an MMPS preconditioner (Q = 0)."""
+    one = jnp.ones((1,), dtype)
+    return (jnp.zeros((1, 1, 0), dtype), jnp.zeros((1, 1, 0, 0), dtype), one * config.edm.sigma_data**2, one,
+            one[None])
+
+
+def _preconditioner_anchors(
+    design: Array, w: Array, cov_t: Array, spectrum: PriorSpectrum | None, max_anchors: int, layout: str,
+    config: GuidedConfig,
+) -> tuple[Array, ...]:
+    """Eigendecompositions of the anchors' whitened Grams (`inference.preconditioners`) and the
+    arrays `select_anchor` needs: `(vals, vecs, variances, energy, profiles)`."""
+    dtype = design.dtype
+    M, P, _ = design.shape
+    if spectrum is None:  # one isotropic axis: the design rows as they are
+        rows = design
+        variances = jnp.full((1,), config.edm.sigma_data**2, dtype)
+        energy = jnp.sum(w[..., None] * rows**2)[None]
+        profiles = np.ones((1, 1))
+    else:  # the design rows along the prior's principal axes
+        rows = jnp.einsum("mpd,dr->mpr", design, spectrum.axes.astype(dtype))
+        variances = spectrum.variances.astype(dtype)
+        energy = jnp.einsum("mp,mpr->r", w, rows**2)
+        B, Q = (1, M * P) if layout == "points" else (M, P)
+        count = max_anchors if B * Q**3 <= ANCHOR_BUDGET else min(2, max_anchors)
+        profiles = anchor_profiles(np.asarray(variances), count)
+    sw = jnp.sqrt(w)[..., None]
+    vals, vecs = [], []
+    for h in profiles:
+        scaled = sw * rows * (jnp.sqrt(jnp.asarray(h, dtype)) if spectrum is not None else 1.0)
+        if layout == "points":
+            gram = jnp.einsum("mpr,mn,nqr->mpnq", scaled, cov_t, scaled).reshape(1, M * P, M * P)
+        else:
+            gram = jnp.einsum("mpr,mqr->mpq", scaled, scaled)
+        v, u = jnp.linalg.eigh(gram)
+        vals.append(jnp.maximum(v, 0.0))
+        vecs.append(u)
+    return jnp.stack(vals), jnp.stack(vecs), variances, energy, jnp.asarray(profiles, dtype)
+
+
 def prepare(
     design: Float[ArrayLike, "M P D"],
     padded: PaddedObservations,
@@ -460,6 +510,7 @@ def prepare(
     noise_chol: Float[ArrayLike, "M M"],
     config: GuidedConfig,
     core_shape: tuple[int, ...] | None = None,
+    prior_spectrum: PriorSpectrum | None = None,
 ) -> GuidedProblem:
     """Validate the inputs and precompute what every step needs.
 
@@ -478,6 +529,9 @@ def prepare(
     - `noise_chol`: lower Cholesky factor `(M, M)` of the prior's noise kernel over `times_norm`.
     - `config`: `GuidedConfig`.
     - `core_shape`: `(R1, .., RK)` with product `D` (default `(D,)`).
+    - `prior_spectrum`: principal axes and variances of the prior's per-frame core covariance
+      (`PriorSpectrum`, normalised core units), for the MMPS preconditioner's anchors; None: the
+      isotropic anchor only (a prior white in space with variance `σ_data²`).
 
     **Returns:** a `GuidedProblem`.
     """
@@ -547,20 +601,22 @@ def prepare(
         vals = jnp.zeros((M, D), dtype)
         vecs = jnp.broadcast_to(jnp.eye(D, dtype=dtype), (M, D, D))
     rule = config.guidance
-    preconditioner = "none"
-    obs_vals, obs_vecs = jnp.zeros((M, 0), dtype), jnp.zeros((M, 0, 0), dtype)
+    if prior_spectrum is not None:
+        if not isinstance(prior_spectrum, PriorSpectrum):
+            raise bad_input("prior_spectrum", "a PriorSpectrum or None", type(prior_spectrum).__name__)
+        if prior_spectrum.axes.shape[0] != D:
+            raise bad_input("prior_spectrum", f"principal axes over D = {D} core entries",
+                            prior_spectrum.axes.shape)
+    preconditioner, anchors = "none", _no_anchors(config, dtype)
     if isinstance(rule, MomentMatching) and rule.precondition:
-        sw = jnp.sqrt(w)
         if M * P <= MAX_PRECONDITIONED_POINTS:
             preconditioner = "points"
-            cov_t = jnp.asarray(L @ L.T, dtype)
-            gram = jnp.einsum("mp,mpd,mn,nqd,nq->mpnq", sw, design_j, cov_t, design_j, sw).reshape(1, M * P, M * P)
         elif P <= MAX_PRECONDITIONED_FRAME:
             preconditioner = "frames"
-            gram = jnp.einsum("mp,mpd,mqd,mq->mpq", sw, design_j, design_j, sw)
         if preconditioner != "none":
-            obs_vals, obs_vecs = jnp.linalg.eigh(gram)
-            obs_vals = jnp.maximum(obs_vals, 0.0)
+            anchors = _preconditioner_anchors(design_j, w, jnp.asarray(L @ L.T, dtype), prior_spectrum, rule.anchors,
+                                              preconditioner, config)
+    obs_vals, obs_vecs = anchors[0], anchors[1]
     if not (bool(jnp.all(jnp.isfinite(vals))) and bool(jnp.all(jnp.isfinite(vecs)))
             and bool(jnp.all(jnp.isfinite(obs_vals))) and bool(jnp.all(jnp.isfinite(obs_vecs)))):
         raise NumericalError("prepare: the Fisher eigendecomposition is not finite; check the design rows")
@@ -578,7 +634,8 @@ def prepare(
         core_std=jnp.asarray(float(core_std), dtype), times_norm=jnp.asarray(t, dtype),
         noise_chol=jnp.asarray(L, dtype), sigmas=jnp.asarray(karras_sigmas(config.num_steps, config.edm), dtype),
         loo=loo, eig_vals=vals, eig_vecs=vecs, unit_fisher=w, row_norms=row_norms, obs_eig_vals=obs_vals,
-        obs_eig_vecs=obs_vecs, preconditioner=preconditioner,
+        obs_eig_vecs=obs_vecs, anchor_variances=anchors[2], anchor_energy=anchors[3], anchor_profiles=anchors[4],
+        preconditioner=preconditioner,
         sigma_y0=jnp.asarray(sigma0, dtype), core_shape=core_shape,
     )
 
@@ -833,21 +890,24 @@ def _mmps_estimate(
     cov_t = problem.noise_chol @ problem.noise_chol.T
     precond = None
     if problem.preconditioner != "none":
-        # The isotropic Tweedie covariance r² I in state units, per unit Fisher information.
-        c = isotropic_tweedie_variance(sigma, config.edm.sigma_data) * problem.core_std**2
+        anchor, beta = _anchor(sigma, problem)
+        # The anchor's scale in state units, per unit Fisher information.
+        c = beta * problem.core_std**2
         if config.scalar_sigma:
             c = c / sigma_y**2
-        if problem.preconditioner == "points":
-            inverse = PointPreconditioner(problem.obs_eig_vals[0], problem.obs_eig_vecs[0])
-        else:
-            inverse = FramePreconditioner(problem.obs_eig_vals, problem.obs_eig_vecs)
-        precond = lambda r: inverse(r, c)  # noqa: E731
+        inverse = AnchoredPreconditioner(problem.obs_eig_vals, problem.obs_eig_vecs)
+        precond = lambda r: inverse(r, anchor, c)  # noqa: E731
     delta = moment_matching_update(
         jvp, sigma, cov_t, design, jnp.stack([g[0] for g in groups]), jnp.stack(residuals), jnp.stack(weights),
         config.guidance.cg_steps, precond,
     )
     delta = zeta * delta
     return x0 + delta, delta
+
+
+def _anchor(sigma: Array, problem: GuidedProblem) -> tuple[Array, Array]:
+    """The preconditioner anchor for noise level σ and its scale (normalised core units)."""
+    return select_anchor(sigma, problem.anchor_variances, problem.anchor_energy, problem.anchor_profiles)
 
 
 def _tweedie_sigma(problem: GuidedProblem, config: GuidedConfig) -> bool:
@@ -863,9 +923,10 @@ def _update_sigma_tweedie(
 ) -> Array:
     start = math.ceil(config.sigma_burn_in * config.num_steps)
     pred = jnp.einsum("mpd,md->mp", problem.design, _to_cores(x0, problem))
-    c = isotropic_tweedie_variance(sigma, config.edm.sigma_data) * problem.core_std**2
+    anchor, beta = _anchor(sigma, problem)
     new = update_sigma_tweedie(
-        key, problem.padded.values - pred, problem.padded.mask, problem.obs_eig_vals[0], problem.obs_eig_vecs[0], c,
+        key, problem.padded.values - pred, problem.padded.mask, problem.obs_eig_vals[anchor, 0],
+        problem.obs_eig_vecs[anchor, 0], beta * problem.core_std**2,
         sigma_y, prior_scale=config.sigma_prior_scale, mh_steps=config.mh_steps, mh_step_size=config.mh_step_size,
     )
     return jnp.where(i >= start, new, sigma_y)
@@ -1073,6 +1134,7 @@ def sample_posterior(
     config: GuidedConfig,
     num_draws: int,
     core_shape: tuple[int, ...] | None = None,
+    prior_spectrum: PriorSpectrum | None = None,
     chunk_size: int | None = None,
     progress: bool = False,
     devices: int | None = None,
@@ -1100,6 +1162,7 @@ def sample_posterior(
     - `config`: `GuidedConfig`.
     - `num_draws`: number of posterior draws (≥ 1).
     - `core_shape`: `(R1, .., RK)` (default `(D,)`).
+    - `prior_spectrum`: the prior's `PriorSpectrum` for the MMPS preconditioner (`prepare`).
     - `chunk_size`: draws per compiled call (default: all at once).
     - `progress`: show a progress bar over chunks (`tqdm.auto`).
     - `devices`: devices to split each chunk's draws over (`jax.shard_map` on a mesh axis
@@ -1125,7 +1188,7 @@ def sample_posterior(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise bad_input("chunk_size", "an integer >= 1 or None", chunk_size)
     problem = prepare(design, padded, core_mean=core_mean, core_std=core_std, times_norm=times_norm,
-                      noise_chol=noise_chol, config=config, core_shape=core_shape)
+                      noise_chol=noise_chol, config=config, core_shape=core_shape, prior_spectrum=prior_spectrum)
     n_dev = _draw_devices(devices)
     keys = jax.random.split(key, int(num_draws))
     chunk = min(int(chunk_size), int(num_draws))
@@ -1197,6 +1260,7 @@ def sample_posterior_many(
     config: GuidedConfig,
     num_draws: int,
     core_shape: tuple[int, ...] | None = None,
+    prior_spectrum: PriorSpectrum | None = None,
     devices: int | None = None,
 ) -> Float[np.ndarray, "B num_draws M *R"]:
     """Posterior draws for several trajectories (e.g. a test set) in one program, the
@@ -1227,7 +1291,7 @@ def sample_posterior_many(
                         "equal length", sizes)
     problems = [
         prepare(d, p, core_mean=core_mean, core_std=core_std, times_norm=t, noise_chol=c, config=config,
-                core_shape=core_shape)
+                core_shape=core_shape, prior_spectrum=prior_spectrum)
         for d, p, t, c in zip(designs, paddeds, times_norm, noise_chols)
     ]
     shapes = {(pr.design.shape, pr.core_shape) for pr in problems}

@@ -95,6 +95,19 @@ class Run:
         return 0.0, "unknown: the run records no fit error, none added"
 
     @functools.cached_property
+    def prior_spectrum(self) -> Any:
+        """Principal axes and variances of the training cores' per-frame covariance in the
+        prior's normalised units (`inference.preconditioners.PriorSpectrum`, for the MMPS
+        preconditioner), computed once; None without a prior."""
+        from .preconditioners import PriorSpectrum
+
+        if self.prior is None:
+            return None
+        cores = np.asarray(self.ftm.cores, dtype=np.float64)
+        x = (cores - float(self.prior.core_mean)) / float(self.prior.core_std)
+        return PriorSpectrum.from_samples(x.reshape(-1, int(np.prod(self.core_shape))))
+
+    @functools.cached_property
     def training_range(self) -> tuple[float, float]:
         """`(min, max)` of the training fields as decoded by the FTM, normalised units (a subset
         of the trajectories; `inference.self_checks.training_range`), computed once."""
@@ -461,6 +474,7 @@ def reconstruct(
             key, prior.denoise, design, padded, core_mean=float(prior.core_mean), core_std=float(prior.core_std),
             times_norm=times_norm, noise_chol=chol, config=cfg, num_draws=n_total, core_shape=run.core_shape,
             chunk_size=chunk_size, progress=progress,
+            prior_spectrum=run.prior_spectrum if isinstance(cfg.guidance, MomentMatching) else None,
         )
         sigma_norm_draws = np.asarray(info["sigma_y"]) if infer_sigma else None
         settings["guided"] = cfg.to_dict()
