@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from .commands import JSON_SUMMARY_HELP
 from .errors import InputError, SdiftError, TrainingInterrupted, bad_input
 
 # Each module in sdift_prob/commands/ adds one sub-command (`register`) and runs it (`run`).
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         subparser = sub.choices[name.replace("_", "-")]
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                help="show the full traceback on errors")
+        # one output convention (sdift_prob.commands.report): summary on stderr, JSON on request
+        subparser.add_argument("--json-summary", action="store_true", help=JSON_SUMMARY_HELP)
         subparser.set_defaults(_argument_names=_flag_names(subparser, module))
     return parser
 

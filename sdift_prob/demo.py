@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
 def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, sampler: str = "mmps",
-             progress: bool = True) -> int:
+             progress: bool = True) -> tuple[dict[str, Any], str]:
     """Reconstruct the shipped ocean observation set with the shipped model; write figures.
 
-    Prints the VRMSE of the posterior mean (and of the training-mean field for scale), the
-    90% interval coverage, the inferred noise level and the wall time; `progress` shows a bar
+    Returns the figures (a JSON-ready dict, also written to `out/summary.json`) and their text
+    for people: the VRMSE of the posterior mean (and of the training-mean field for scale), the
+    90% interval coverage, the inferred noise level and the wall time. `progress` shows a bar
     over the stages (sampling, calibration, baselines, figures) on stderr.
     """
     import jax
@@ -29,6 +30,7 @@ def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, 
     from inference.report import coverage, posterior_mean, save_posterior, vrmse_of_mean
 
     from . import plots, pretrained
+    from .io import write_json
     from .data.fields import load_fields
     from .data.observations import ObservationSet, select_trajectory
     from .metrics import vrmse
@@ -113,23 +115,28 @@ def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, 
     stages.close()
 
     result["total_wall_time_s"] = time.perf_counter() - started
-    (out / "summary.json").write_text(json.dumps(result, indent=2))
-    print(f"sdift demo: ocean sound speed, {result['observations']} noisy observations "
-          f"({100 * result['observed_fraction']:.1f}% of the space-time grid), {sampler}, {draws} draws")
-    print(f"  VRMSE of the posterior mean   {result['vrmse_posterior_mean']:.3f}   "
-          f"(training-mean field {result['vrmse_training_mean_field']:.3f}, linear interpolation "
-          f"{result['vrmse_linear_interpolation']:.3f}, kriging {result['vrmse_kriging']:.3f})")
-    print(f"  90% interval coverage         {result['coverage_90']:.3f}   (50%: {result['coverage_50']:.3f}) "
-          f"after calibration (temperature {result['calibration_temperature']:.2f}; held-out 90% coverage "
-          f"{result['heldout_coverage_90_before_after'][0]:.2f} -> {result['heldout_coverage_90_before_after'][1]:.2f})")
+    result["posterior"] = str(posterior_file)
+    write_json(out / "summary.json", result)
+    lines = [
+        f"sdift demo: ocean sound speed, {result['observations']} noisy observations "
+        f"({100 * result['observed_fraction']:.1f}% of the space-time grid), {sampler}, {draws} draws",
+        f"  VRMSE of the posterior mean   {result['vrmse_posterior_mean']:.3f}   "
+        f"(training-mean field {result['vrmse_training_mean_field']:.3f}, linear interpolation "
+        f"{result['vrmse_linear_interpolation']:.3f}, kriging {result['vrmse_kriging']:.3f})",
+        f"  90% interval coverage         {result['coverage_90']:.3f}   (50%: {result['coverage_50']:.3f}) "
+        f"after calibration (temperature {result['calibration_temperature']:.2f}; held-out 90% coverage "
+        f"{result['heldout_coverage_90_before_after'][0]:.2f} -> {result['heldout_coverage_90_before_after'][1]:.2f})",
+    ]
     if result["sigma_inferred_mean"] is not None:
         # σ inferred is the whole error of the observation model: the noise and the FTM's own error
         rep = float(run.representation_error[0] * run.ftm.normalizer.std)
-        print(f"  inferred noise std            {result['sigma_inferred_mean']:.3f} m/s   "
-              f"(true: {result['sigma_true']:.3f} m/s; the inferred σ also absorbs the FTM's own error, "
-              f"{rep:.2f} m/s)")
-    print(f"  wall time                     {result['total_wall_time_s']:.1f} s "
-          f"(sampling {result['sampling_wall_time_s']:.1f} s)")
-    print(f"  wrote {posterior_file} and figures (fields.png, time_series.png, observations.png, "
-          f"calibration.png, evolution.gif) to {out}/")
-    return 0
+        lines.append(f"  inferred noise std            {result['sigma_inferred_mean']:.3f} m/s   "
+                     f"(true: {result['sigma_true']:.3f} m/s; the inferred σ also absorbs the FTM's own error, "
+                     f"{rep:.2f} m/s)")
+    lines += [
+        f"  wall time                     {result['total_wall_time_s']:.1f} s "
+        f"(sampling {result['sampling_wall_time_s']:.1f} s)",
+        f"  wrote {posterior_file} and figures (fields.png, time_series.png, observations.png, "
+        f"calibration.png, evolution.gif) to {out}/",
+    ]
+    return result, "\n".join(lines)

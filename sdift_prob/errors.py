@@ -73,6 +73,11 @@ class SelfCheckWarning(UserWarning):
     and was kept because the caller asked for it (`checks="warn"`)."""
 
 
+class StaleReservationWarning(UserWarning):
+    """An output's reservation (`sdift_prob.io.reserve`) was left by a process that ended without
+    finishing (killed, crashed); it was taken over."""
+
+
 class TrainingInterrupted(SdiftError):
     """Training stopped on SIGINT/SIGTERM; `step` steps (or epochs) are done and saved in
     `checkpoint` (None when no checkpoint folder was given)."""

@@ -102,7 +102,7 @@ def new_run(run_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     target = Path(run_dir)
     _check_new_target(target, overwrite)
     manifest = {"sdift_run_format": RUN_FORMAT_VERSION, "created": _now(), "versions": package_versions(), "sections": {}}
-    with atomic_dir(target, overwrite=overwrite) as tmp:
+    with atomic_dir(target, overwrite=overwrite, argument="run_dir") as tmp:
         (tmp / MANIFEST).write_text(_manifest_text(manifest), encoding="utf-8")
         yield tmp
 

@@ -36,3 +36,47 @@ import pytest  # noqa: E402
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+# A separate process holding the reservations of some output paths (`sdift_prob.io.reserve`), as a
+# second `sdift ... --out PATH` started meanwhile meets them. It imports only sdift_prob.io (no JAX).
+_HOLDER = """
+import contextlib, sys
+from sdift_prob.io import reserve
+with contextlib.ExitStack() as stack:
+    for p in sys.argv[1:]:
+        stack.enter_context(reserve(p, argument="--out"))
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.fixture
+def held_elsewhere():
+    """`held_elsewhere(*paths)` starts a process that reserves `paths` and keeps them until the
+    test ends (or `.release()` is called); returns its `Popen`."""
+    import subprocess
+    import sys
+
+    procs = []
+    root = Path(__file__).resolve().parents[1]
+
+    def start(*paths):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.Popen([sys.executable, "-c", _HOLDER, *map(str, paths)], cwd=root, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held", proc.stderr.read()
+
+        def release():
+            out, err = proc.communicate("\n", timeout=30)
+            assert proc.returncode == 0, err
+
+        proc.release = release
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -273,3 +273,36 @@ def test_reconstruct_warns_about_steps_once(tmp_path, monkeypatch, recwarn, caps
     assert "MARKER" in capsys.readouterr().err
     said = [str(w.message) for w in recwarn if issubclass(w.category, UntestedSettingWarning)]
     assert len(said) == 1 and said[0].startswith("--steps: 2"), said
+
+
+def test_a_second_writer_is_refused_before_any_work_naming_the_argument(tmp_path, held_elsewhere,
+                                                                        stop_before_loading, capsys):
+    """Every sub-command that writes holds its output's reservation from the start: while another
+    process writes the same path, it stops at once with one line naming the argument as typed."""
+    from sdift_prob import cli
+
+    out, run_out, run_dir, demo = tmp_path / "x.nc", tmp_path / "new-run", tmp_path / "run", tmp_path / "demo"
+    run_dir.mkdir()
+    holder = held_elsewhere(out, run_out, run_dir, demo)
+    cases = [
+        (["simulate", "ocean", "--n", "2", "--out", str(out)], "--out", out),
+        (["observe", str(DATA), "--trajectory", "0", "--rho", "0.1", "--seed", "0", "--out", str(out)], "--out", out),
+        (["fit-ftm", str(DATA), "--ranks", "2", "2", "2", "--out", str(run_out)], "--out", run_out),
+        (["train-prior", str(run_dir)], "RUN_DIR", run_dir),
+        (["sample", str(RUN), "--draws", "1", "--out", str(out)], "--out", out),
+        (["reconstruct", str(RUN), str(OBS), "--out", str(out)], "--out", out),
+        (["reconstruct", str(RUN), str(OBS), "--out", str(out), "--overwrite"], "--out", out),
+        (["seal", str(run_dir)], "RUN_DIR", run_dir),
+        (["demo", "--out", str(demo)], "--out", demo),
+    ]
+    for argv, flag, path in cases:
+        assert cli.main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "MARKER" not in err, err
+        assert err.startswith(f"sdift {argv[0]}: error: {flag}: {path} is being written by another process "
+                              f"(PID {holder.pid} "), err
+    holder.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not any(run_dir.iterdir())
+    # once it is gone, the same command gets past the reservation (to loading the run here)
+    assert cli.main(["reconstruct", str(RUN), str(OBS), "--out", str(out)]) == 1
+    assert "MARKER" in capsys.readouterr().err

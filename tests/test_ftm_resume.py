@@ -4,6 +4,7 @@ lazily opened files, and the chunked mask/statistics that make them equal the in
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -169,7 +170,10 @@ def test_cli_fit_ftm_lazy_with_checkpoints(ds, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["fit-ftm", str(path), "--ranks", "2", "2", "--epochs", "3", "--width", "8", "--batch", "2",
             "--out", str(out), "--lazy", "--no-progress"]
-    assert cli.main(args) == 0
+    assert cli.main([*args, "--json-summary"]) == 0
+    stdout, stderr = capsys.readouterr()
+    summary = json.loads(stdout)  # one JSON object, nothing else on stdout; the summary for people on stderr
+    assert summary["run_dir"] == str(out) and summary["epochs"] == 3 and f"wrote {out}: FTM ranks 2 x 2" in stderr
     assert load_run(out).cores.shape[0] == 5
     assert not (tmp_path / "run.ftm-checkpoint").exists()  # the default checkpoint folder is tidied up
     assert cli.main([*args, "--checkpoint-dir", str(tmp_path / "ck")]) == 1  # --out exists

@@ -54,8 +54,9 @@ def test_observe_writes_the_sampled_set(tmp_path, data_file, capsys):
     np.testing.assert_array_equal(obs.counts(ds["time"].values), [6, 0, 6, 0, 6])
     assert obs.attrs["trajectory"] == 2 and obs.attrs["seed"] == 4 and obs.attrs["source_seed"] == 11
     assert obs.attrs["trajectory_split"] == str(ds["split"].values[2])
-    assert "wrote" in capsys.readouterr().out
-    with pytest.raises(InputError, match="already exists"):
+    printed, err = capsys.readouterr()
+    assert printed == "" and err.startswith(f"wrote {out}: ")  # the human summary goes to stderr
+    with pytest.raises(InputError, match="^--out: expected a path that does not exist yet"):  # refused before work
         args.func(args)
     args = parse([str(path), "--trajectory", "2", "--rho", "0.5", "--seed", "4", "--out", str(out), "--overwrite"])
     assert args.func(args) == 0

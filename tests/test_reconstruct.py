@@ -128,7 +128,7 @@ def test_cli_observe_reconstruct_evaluate(pipeline, capsys):
     assert idata.posterior["field"].shape[:2] == (1, 2)
     capsys.readouterr()
     assert cli.main(["evaluate", str(post), "--truth", str(pipeline["data"]), "--trajectory",
-                     str(pipeline["index"])]) == 0
+                     str(pipeline["index"]), "--json-summary"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert 0.0 <= scores["coverage_90"] <= 1.0 and scores["vrmse"] > 0
     # An existing output is refused with one clear line, not a traceback.

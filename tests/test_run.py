@@ -253,9 +253,9 @@ def test_sdift_seal_command(tmp_path, capsys):
     run = create_run(tmp_path / "run")
     add_artifact(run, "ftm", {"a.txt": text_writer("alpha")}, {})
     _unsealed(run)
-    assert cli.main(["seal", str(run)]) == 0
-    out = capsys.readouterr().out
-    assert "sealed" in out and str(run) in out
-    read_manifest(run)
+    assert cli.main(["seal", str(run), "--json-summary"]) == 0
+    out, err = capsys.readouterr()
+    assert f"sealed {run}" in err
+    assert json.loads(out) == {"run_dir": str(run), "manifest_sha256": read_manifest(run)["manifest_sha256"]}
     assert cli.main(["seal", str(tmp_path / "nowhere")]) == 1
     assert "RUN_DIR: expected an existing run directory" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """The run summary (issue 16): what a reconstruction conditioned on, from its attrs; printed by
 `sdift reconstruct` (stderr, JSON on stdout with --json-summary); `sdift evaluate` refuses a
-posterior scored against another trajectory than the one its observations came from."""
+posterior scored against another trajectory than the one its observations came from. Every
+sub-command follows the same output convention (human summary on stderr, one JSON object on
+stdout with --json-summary, nothing on stdout otherwise)."""
 
 from __future__ import annotations
 
@@ -87,12 +89,13 @@ def test_cli_prints_the_summary_on_stderr_and_json_on_request(tiny, capsys):
             "--sigma", "0.2"]
     assert cli.main([*base, "--out", str(root / "a.nc")]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("wrote ")
+    assert out == "" and err.startswith(f"wrote {root / 'a.nc'} (gp, 1 x 2 draws")
     assert "sampler gp: 1 x 2 draws" in err and "noise: given" in err and "self-checks passed" in err
     assert cli.main([*base, "--json-summary", "--out", str(root / "b.nc")]) == 0
     out, err = capsys.readouterr()
     summary = json.loads(out)  # stdout is the JSON alone
     assert summary["sampler"] == "gp" and summary["noise"]["source"] == "given"
+    assert summary["out"] == str(root / "b.nc") and summary["wall_time_s"] >= 0
     assert "wrote " in err and "sampler gp" in err
 
 
@@ -132,11 +135,71 @@ def test_evaluate_refuses_another_trajectory_than_the_observed_one(tiny, capsys)
     err = capsys.readouterr().err
     assert "--trajectory: the posterior was reconstructed from observations of trajectory 4" in err
     assert "pass --trajectory 4" in err
-    assert cli.main(["evaluate", str(post), "--truth", str(tiny["data"]), "--trajectory", "4"]) == 0
-    assert "vrmse" in json.loads(capsys.readouterr().out)
+    assert cli.main(["evaluate", str(post), "--truth", str(tiny["data"]), "--trajectory", "4", "--json-summary"]) == 0
+    out, err = capsys.readouterr()
+    scores = json.loads(out)  # one JSON object on stdout, the same scores as a table on stderr
+    assert 0 <= scores["coverage_90"] <= 1 and scores["n_draws"] == 2
+    assert err.startswith(f"scores of {post} against trajectory 4 of") and "\n  coverage_90 " in err
     # another collection (other seed) under the same trajectory number is refused too
     other = root / "other.nc"
     save_fields(assign_split(rh.collection(seed=7), n_test=2, key=jax.random.key(0))
                 .assign_attrs(seed=7), other)
     assert cli.main(["evaluate", str(post), "--truth", str(other), "--trajectory", "4"]) == 1
     assert "--truth: the posterior's observations come from" in capsys.readouterr().err
+
+
+def _one_json_object(argv, capsys) -> dict:
+    """Run `argv` with and without --json-summary (each to a fresh output where it writes one):
+    stdout is one JSON object with the flag and empty without it; stderr has the human summary."""
+    results = []
+    for flag in ([], ["--json-summary"]):
+        args = [a.replace("{n}", str(len(flag))) for a in argv] + flag
+        assert cli.main(args) == 0, args
+        out, err = capsys.readouterr()
+        assert err.strip() and not err.lstrip().startswith("{"), err
+        results.append(out)
+    assert results[0] == ""
+    return json.loads(results[1])
+
+
+def test_every_sub_command_prints_a_summary_on_stderr_and_one_json_object_on_request(tiny, capsys, monkeypatch):
+    """The output convention of every sub-command that does not appear elsewhere (reconstruct,
+    evaluate: above; fit-ftm: tests/test_ftm_resume.py; seal: tests/test_run.py); the costly parts of
+    simulate, train-prior, sample and demo are replaced by stand-ins."""
+    import types
+
+    from sdift_prob import pretrained
+    from sdift_prob.commands import sample as sample_cmd
+    from sdift_prob.commands import train_prior as train_prior_cmd
+    from sdift_prob.data import simulate as simulators
+
+    root, data = tiny["root"], str(tiny["data"])
+    obs = _one_json_object(["observe", data, "--trajectory", "4", "--rho", "0.5", "--seed", "1",
+                            "--out", str(root / "o{n}.nc")], capsys)
+    assert obs["points"] == ObservationSet.load(root / "o1.nc").n_points and obs["trajectory"] == 4
+
+    monkeypatch.setitem(simulators.SIMULATORS, "ocean", lambda n, **kw: tiny["ds"])
+    sim = _one_json_object(["simulate", "ocean", "--n", "6", "--out", str(root / "s{n}.nc")], capsys)
+    assert (sim["trajectories"], sim["train"], sim["test"], sim["units"]) == (6, 4, 2, "K")
+
+    fit = tiny["run"].ftm
+    fake_prior = types.SimpleNamespace(
+        config=types.SimpleNamespace(num_steps=8),
+        sample=lambda key, t, n, steps, **kw: np.zeros((n, len(t), *fit.cores.shape[2:]), np.float32))
+    monkeypatch.setattr(sample_cmd, "load_prior", lambda root: fake_prior)
+    drawn = _one_json_object(["sample", str(tiny["run_dir"]), "--draws", "2", "--n-times", "3",
+                              "--out", str(root / "d{n}.nc")], capsys)
+    assert drawn["shape"] == [2, 3, *(len(g) for g in fit.grids)] and drawn["steps"] == 8
+
+    info = {"steps": 4, "resumed_from": None, "final_loss": 0.5, "num_parameters": 10, "steps_per_s": 1.0,
+            "kernel": "rbf"}
+    monkeypatch.setattr(train_prior_cmd, "train_prior", lambda *a, **k: (None, info))
+    monkeypatch.setattr(train_prior_cmd, "save_prior", lambda *a, **k: None)
+    trained = _one_json_object(["train-prior", str(tiny["run_dir"]), "--steps", "4"], capsys)
+    assert trained["steps"] == 4 and trained["run_dir"] == str(tiny["run_dir"])
+
+    demo = importlib.import_module("sdift_prob.demo")
+    monkeypatch.setattr(pretrained, "available", lambda name: True)
+    monkeypatch.setattr(demo, "run_demo", lambda **kw: ({"vrmse_posterior_mean": float("nan")}, "demo text"))
+    shown = _one_json_object(["demo", "--out", str(root / "demo")], capsys)
+    assert shown == {"available": True, "vrmse_posterior_mean": None}  # strict JSON: NaN is null

@@ -99,6 +99,20 @@ def test_a_billion_draws_are_refused_before_sampling(ocean):
     assert "1 x 1000000000 field draws of 20 times x 9216 grid points" in msg and "limit of 8 GB" in msg
 
 
+def test_a_million_observed_points_are_refused_before_sampling(ocean):
+    """Issue 16: 10^6 points with 2 draws peaked at 12.8 GB; the estimate refuses them before any
+    design row is built (measured on the CLI: the whole refused run peaks at 0.59 GB RSS, 0.44 GB
+    with the shipped 1,840 points; docs/RELIABILITY.md)."""
+    run, n = ocean["run"], 10**6
+    rng = np.random.default_rng(0)
+    lo, hi = np.asarray(run.ftm.model.domain_lo), np.asarray(run.ftm.model.domain_hi)
+    obs = _with(ocean["obs"], value=rng.choice(ocean["obs"].value, n), time=rng.choice(np.asarray(run.ftm.times), n),
+                coords=lo + (hi - lo) * rng.uniform(size=(n, lo.size)), noise_scale=np.full(n, 0.1))
+    with pytest.raises(InputError, match=r"^max_memory_gb: this reconstruction needs about 12\.\d GB .* GB for "
+                                         r"1000000 observed points\), more than the limit of 8 GB"):
+        reconstruct(run, obs, key=jax.random.key(0), draws=2)
+
+
 def test_memory_limit_is_an_argument(tiny):
     with pytest.raises(InputError, match=r"max_memory_gb: .*more than the limit of 1e-06 GB"):
         reconstruct(tiny["run"], tiny["obs"], key=jax.random.key(0), sampler="gp", max_memory_gb=1e-6)

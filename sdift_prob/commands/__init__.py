@@ -5,12 +5,24 @@
 (`InputError` messages start with the argument's name, e.g. `batch_size: expected ...`) are then
 shown with the option the user typed (`--batch: expected ...`); options whose dest equals the
 library's name (`train_fraction` -> `--train-fraction`) are mapped without it.
+
+Output convention, the same for every sub-command (`report`): a short human summary on stderr;
+with `--json-summary` (added to every sub-command by `sdift_prob.cli`) one JSON object on stdout
+and nothing else there. A command that writes a file or folder holds its reservation
+(`reserved`) from before its first expensive step to its end, so a second writer of the same
+path is refused at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
+
+JSON_SUMMARY_HELP = ("print the result as one JSON object on stdout (nothing else goes to stdout); the human "
+                     "summary goes to stderr either way")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -68,3 +80,67 @@ def check_out_file(path: Any, overwrite: bool, flag: str = "--out", example: str
     except OSError as exc:
         raise InputError(f"{flag}: cannot write a file in the folder {out.parent} "
                          f"({exc.strerror or type(exc).__name__})") from None
+
+
+def _json_ready(value: Any) -> Any:
+    """`value` with NumPy scalars as Python numbers and NaN/inf as None (strict JSON)."""
+    import math
+
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def report(args: argparse.Namespace, summary: Mapping[str, Any], text: str) -> None:
+    """The output convention of every sub-command: `text` (a few lines for people) on stderr;
+    with `--json-summary`, `summary` as one JSON object on stdout (NaN/inf as null)."""
+    import json
+    import sys
+
+    if text:
+        print(text, file=sys.stderr)
+    if getattr(args, "json_summary", False):
+        print(json.dumps(_json_ready(summary), indent=2, allow_nan=False))
+        sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile (main thread, default handler only), so the
+    cleanup of a reservation runs on `kill` as on Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def reserved(path: Any, flag: str = "--out") -> Iterator[Path]:
+    """Hold the reservation of the output `path` (`sdift_prob.io.reserve`) for the block: its
+    folder must exist, and a path another process is writing is refused at once, named `flag`.
+    Check whether `path` may be written (exists, --overwrite) inside the block, so that the
+    check and the write see the same state. The reservation goes when the block ends (also on
+    Ctrl-C and SIGTERM)."""
+    from ..io import reserve
+
+    check_out_folder(path, flag)
+    with reserve(path, argument=flag), _sigterm_interrupts():
+        yield Path(path)

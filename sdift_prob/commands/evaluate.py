@@ -1,18 +1,19 @@
-"""`sdift evaluate`: score a posterior against the true field (JSON on stdout)."""
+"""`sdift evaluate`: score a posterior against the true field (a table on stderr, JSON on request)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from . import HelpFormatter
+from . import HelpFormatter, report
 
 ARGUMENT_NAMES = {"index": "--trajectory"}
-HELP = "score a posterior file against a true trajectory: VRMSE, RMSE, coverage, CRPS, energy/variogram scores (JSON)"
+HELP = ("score a posterior file against a true trajectory: VRMSE, RMSE, coverage, CRPS, energy/variogram scores "
+        "(JSON with --json-summary)")
 # The 400 is metrics.VARIOGRAM_MAX_POINTS (not imported here: it would load JAX for `sdift -h`).
 DESCRIPTION = """\
-Compare the posterior of `sdift reconstruct` with trajectory I of a field collection; prints JSON:
+Compare the posterior of `sdift reconstruct` with trajectory I of a field collection; prints the
+scores on stderr, and with --json-summary as one JSON object on stdout with these keys:
 
   vrmse, rmse             of the posterior mean
   coverage_50, coverage_90
@@ -79,6 +80,8 @@ def check_provenance(recorded: Any, truth_attrs: Any, trajectory: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numbers
+
     from inference.report import evaluate, load_posterior, posterior_attrs
 
     from ..data.fields import load_fields
@@ -88,5 +91,10 @@ def run(args: argparse.Namespace) -> int:
     fields = load_fields(args.truth)
     check_provenance(posterior_attrs(idata).get("observations"), dict(fields.attrs), args.trajectory)
     truth = select_trajectory(fields, args.trajectory)
-    print(json.dumps(evaluate(idata, truth), indent=2))
+    scores = evaluate(idata, truth)
+    width = max(map(len, scores), default=0)
+    lines = [f"scores of {args.posterior} against trajectory {args.trajectory} of {args.truth}:"]
+    lines += [f"  {k:<{width}}  {v:.6g}" if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)
+              else f"  {k:<{width}}  {v}" for k, v in scores.items()]
+    report(args, scores, "\n".join(lines))
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from ..ftm.bundle import save_run
 from ..ftm.fit import FTMConfig, fit_ftm
 from ..ftm.tucker import check_ranks
 from ..streaming import is_lazy
-from . import HelpFormatter, check_out_folder, check_seed
+from . import HelpFormatter, check_seed, report, reserved
 
 ARGUMENT_NAMES = {"batch_trajectories": "--batch", "path": "DATA.nc", "ds": "DATA.nc"}
 HELP = "fit the functional Tucker model (coordinate networks + cores) and save a run directory"
@@ -105,20 +104,21 @@ def select_trajectories(ds: xr.Dataset, spec: str) -> xr.Dataset:
 def run(args: argparse.Namespace) -> int:
     """Load the collection, fit the FTM, write the run directory; returns 0 on success."""
     check_seed(args.seed)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise bad_input("--out", "a run directory that does not exist yet (or pass --overwrite)", str(out))
-    check_out_folder(out)
-    if args.lazy:
-        from ..streaming import open_fields_lazy
+    with reserved(args.out) as out:  # a second writer of RUN_DIR is refused here, before any work
+        if out.exists() and not args.overwrite:
+            raise bad_input("--out", "a run directory that does not exist yet (or pass --overwrite)", str(out))
+        if out.exists() and not out.is_dir():
+            raise bad_input("--out", "a folder (an existing file is never replaced by a run)", str(out))
+        if args.lazy:
+            from ..streaming import open_fields_lazy
 
-        ds = open_fields_lazy(args.data)
-    else:
-        ds = load_fields(args.data)
-    try:
-        return _fit_and_save(args, ds, out)
-    finally:
-        ds.close()
+            ds = open_fields_lazy(args.data)
+        else:
+            ds = load_fields(args.data)
+        try:
+            return _fit_and_save(args, ds, out)
+        finally:
+            ds.close()
 
 
 def _fit_and_save(args: argparse.Namespace, ds: xr.Dataset, out: Path) -> int:
@@ -138,30 +138,34 @@ def _fit_and_save(args: argparse.Namespace, ds: xr.Dataset, out: Path) -> int:
     config = dataclasses.replace(FTMConfig(), **overrides)
     default_checkpoints = args.checkpoint_dir is None
     checkpoint_dir = out.with_name(out.name + ".ftm-checkpoint") if default_checkpoints else Path(args.checkpoint_dir)
-    fit, report = fit_ftm(
+    fit, info = fit_ftm(
         train, tuple(args.ranks), key=jax.random.key(args.seed), config=config, progress=not args.no_progress,
         checkpoint_dir=checkpoint_dir, resume=args.resume, checkpoint_every=args.checkpoint_every,
         devices=args.devices,
     )
     summary = {
         "run_dir": str(args.out),
-        "trajectories": report["n_trajectories"],
-        "epochs": report["epochs"],
-        "best_epoch": report["best_epoch"],
-        "train_vrmse": round(report["train_vrmse"], 5),
-        "holdout_vrmse": None if report["holdout_vrmse"] is None else round(report["holdout_vrmse"], 5),
-        "full_vrmse": round(report["full_vrmse"], 5),
+        "trajectories": info["n_trajectories"],
+        "epochs": info["epochs"],
+        "best_epoch": info["best_epoch"],
+        "train_vrmse": round(info["train_vrmse"], 5),
+        "holdout_vrmse": None if info["holdout_vrmse"] is None else round(info["holdout_vrmse"], 5),
+        "full_vrmse": round(info["full_vrmse"], 5),
         # normalised field units: the representation error reconstruct adds to the noise
-        "train_rmse": round(report["train_rmse"], 6),
-        "holdout_rmse": None if report["holdout_rmse"] is None else round(report["holdout_rmse"], 6),
-        "wall_time_s": round(report["wall_time_s"], 1),
+        "train_rmse": round(info["train_rmse"], 6),
+        "holdout_rmse": None if info["holdout_rmse"] is None else round(info["holdout_rmse"], 6),
+        "wall_time_s": round(info["wall_time_s"], 1),
     }
     # units, long_name, coord_units and simulator come with the fit (FTMFit.metadata)
     provenance = {"data": str(args.data), "train": args.train, "seed": args.seed, "fit": summary}
-    summary["resumed_from"] = report["resumed_from"]
-    summary["devices"] = report["devices"]
+    summary["resumed_from"] = info["resumed_from"]
+    summary["devices"] = info["devices"]
     save_run(args.out, fit, overwrite=args.overwrite, extra=provenance)
     if default_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    print(json.dumps(summary))
+    holdout = "" if summary["holdout_vrmse"] is None else f", held-out {summary['holdout_vrmse']:.4g}"
+    report(args, summary,
+           f"wrote {args.out}: FTM ranks {' x '.join(map(str, args.ranks))} on {summary['trajectories']} trajectories, "
+           f"{summary['epochs']} epochs (best {summary['best_epoch']}), VRMSE train {summary['train_vrmse']:.4g}"
+           f"{holdout}, all entries {summary['full_vrmse']:.4g}; {summary['wall_time_s']:.1f} s")
     return 0

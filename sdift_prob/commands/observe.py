@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from typing import Any
 
 import jax
 
 from ..data.fields import Normalizer, load_fields
 from ..data.observations import PATTERNS, sample_observations, select_trajectory
-from . import HelpFormatter, check_out_folder, check_seed
+from . import HelpFormatter, check_out_file, check_seed, report, reserved
 
 ARGUMENT_NAMES = {"index": "--trajectory", "path": "DATA.nc"}
 HELP = "draw sparse, noisy observations of one trajectory of a field collection"
@@ -61,7 +60,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the collection, sample the observations, write them; returns 0 on success."""
     check_seed(args.seed)
-    check_out_folder(args.out)
+    with reserved(args.out):  # a second writer of --out is refused here, before any work
+        check_out_file(args.out, args.overwrite, example="obs.nc")
+        return _observe(args)
+
+
+def _observe(args: argparse.Namespace) -> int:
     ds = load_fields(args.data)
     trajectory = select_trajectory(ds, args.trajectory)
     scale = args.noise_scale
@@ -93,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
         attrs["noise_scale_normalised"] = float(args.noise_scale)
     obs = dataclasses.replace(obs, attrs=attrs)
     obs.save(args.out, overwrite=args.overwrite)
-    m = obs.time_stamps().size
-    print(f"wrote {args.out}: {obs.n_points} points at {m} of {trajectory.sizes['time']} time stamps "
-          f"(trajectory {args.trajectory}, split {split!r}, noise {obs.noise_model}, scale {scale:.4g})")
+    m, n_times = int(obs.time_stamps().size), int(trajectory.sizes["time"])
+    text = (f"wrote {args.out}: {obs.n_points} points at {m} of {n_times} time stamps "
+            f"(trajectory {args.trajectory}, split {split!r}, noise {obs.noise_model}, scale {scale:.4g})")
     if split == "train":
-        print(f"note: trajectory {args.trajectory} is a training trajectory", file=sys.stderr)
+        text += f"\nnote: trajectory {args.trajectory} is a training trajectory"
+    report(args, {"out": str(args.out), "points": int(obs.n_points), "observed_times": m, "times": n_times,
+                  "trajectory": int(args.trajectory), "split": split, "noise": obs.noise_model,
+                  "noise_scale": float(scale)}, text)
     return 0

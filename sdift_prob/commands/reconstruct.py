@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import SelfCheckWarning, UntestedSettingWarning, bad_input, warn_untested_steps
-from . import HelpFormatter, check_out_file, check_seed
+from . import HelpFormatter, check_out_file, check_seed, report, reserved
 
 ARGUMENT_NAMES = {"num_steps": "--steps", "path": "OBS.nc", "run_dir": "RUN_DIR", "chunk_size": "--chunk-size",
                   "max_abs_zscore": "--max-zscore", "max_memory_gb": "--max-memory-gb"}
@@ -88,8 +88,6 @@ def register(subparsers: Any) -> None:
                         "(a units mistake); raise it if such values are real")
     p.add_argument("--max-memory-gb", type=float, default=8.0,
                    help="refuse, before sampling, a run whose field draws and observations need more memory")
-    p.add_argument("--json-summary", action="store_true",
-                   help="print the run summary as JSON on stdout (the text summary still goes to stderr)")
     p.add_argument("--out", required=True, metavar="POSTERIOR.nc", help="posterior file to write (netCDF)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -98,10 +96,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    import json
-    import sys
     import warnings
-    from pathlib import Path
 
     import jax
 
@@ -112,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
     from ..data.observations import ObservationSet
 
     check_seed(args.seed)
-    out = Path(args.out)
-    check_out_file(out, args.overwrite, example="posterior.nc")
     if args.sampler != "gp":  # gp takes no steps
         warn_untested_steps(args.steps, "--steps")
     sigma: Any = args.sigma
@@ -136,28 +129,27 @@ def run(args: argparse.Namespace) -> int:
             changes["guidance"] = dataclasses.replace(config.guidance, cg_steps=args.cg_steps)
         if changes:
             config = dataclasses.replace(config, **changes)
-    run_ = open_run(args.run_dir, require_prior=args.sampler != "gp")
-    obs = ObservationSet.load(args.obs)
-    with warnings.catch_warnings():
-        # already said above, as --steps; a failed self-check with --checks warn is in the summary below
-        warnings.filterwarnings("ignore", message="num_steps:", category=UntestedSettingWarning)
-        warnings.filterwarnings("ignore", category=SelfCheckWarning)
-        idata = reconstruct(
-            run_, obs, key=jax.random.key(args.seed), sampler=args.sampler, draws=args.draws, chains=args.chains,
-            times=parse_float_list(args.times, "--times"), resolution=args.resolution, likelihood=args.likelihood,
-            sigma=sigma, config=config, chunk_size=_chunk_size(args), progress=not args.no_progress,
-            message_kernel=args.message_kernel, checks=args.checks, max_abs_zscore=args.max_zscore,
-            max_memory_gb=args.max_memory_gb,
-        )
-    save_posterior(idata, out, overwrite=args.overwrite)
+    with reserved(args.out) as out:  # a second writer of --out is refused here, before any work
+        check_out_file(out, args.overwrite, example="posterior.nc")
+        run_ = open_run(args.run_dir, require_prior=args.sampler != "gp")
+        obs = ObservationSet.load(args.obs)
+        with warnings.catch_warnings():
+            # already said above, as --steps; a failed self-check with --checks warn is in the summary below
+            warnings.filterwarnings("ignore", message="num_steps:", category=UntestedSettingWarning)
+            warnings.filterwarnings("ignore", category=SelfCheckWarning)
+            idata = reconstruct(
+                run_, obs, key=jax.random.key(args.seed), sampler=args.sampler, draws=args.draws,
+                chains=args.chains, times=parse_float_list(args.times, "--times"), resolution=args.resolution,
+                likelihood=args.likelihood, sigma=sigma, config=config, chunk_size=_chunk_size(args),
+                progress=not args.no_progress, message_kernel=args.message_kernel, checks=args.checks,
+                max_abs_zscore=args.max_zscore, max_memory_gb=args.max_memory_gb,
+            )
+        save_posterior(idata, out, overwrite=args.overwrite)
     summary = run_summary(idata)
-    # Stdout carries the JSON summary alone when asked for; the human summary is on stderr.
-    print(f"wrote {out} ({args.sampler}, {args.chains} x {args.draws} draws, "
-          f"{float(idata.posterior.attrs.get('wall_time_s', 0.0)):.1f} s sampling)",
-          file=sys.stderr if args.json_summary else sys.stdout)
-    print(summary_text(summary), file=sys.stderr)
-    if args.json_summary:
-        print(json.dumps(summary, indent=2))
+    wall = float(idata.posterior.attrs.get("wall_time_s", 0.0))
+    report(args, {"out": str(out), "wall_time_s": round(wall, 2), **summary},
+           f"wrote {out} ({args.sampler}, {args.chains} x {args.draws} draws, {wall:.1f} s sampling)\n"
+           + summary_text(summary))
     return 0
 
 

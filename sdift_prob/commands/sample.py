@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from ..gp import validate_times
 from ..gpsd.prior import load_prior
 from ..io import NETCDF_ENGINE, atomic_file
 from ..run import section_info
-from . import HelpFormatter, check_out_file, check_seed
+from . import HelpFormatter, check_out_file, check_seed, report, reserved
 
 ARGUMENT_NAMES = {"num_steps": "--steps", "run_dir": "RUN_DIR"}
 
@@ -121,24 +120,26 @@ def run(args: argparse.Namespace) -> int:
     if args.draws < 1:
         raise bad_input("--draws", "an integer >= 1", args.draws)
     check_seed(args.seed)
-    out = Path(args.out)
-    check_out_file(out, args.overwrite, example="samples.nc")
     warn_untested_steps(args.steps, "--steps")
-    root = Path(args.run_dir)
-    fit = load_run(root)
-    prior = load_prior(root)
-    times = parse_times(args, fit)
-    t0, t1 = fit.time_domain
-    times_norm = (times - t0) / ((t1 - t0) if t1 != t0 else 1.0)
-    steps = prior.config.num_steps if args.steps is None else args.steps
-    cores = prior.sample(jax.random.key(args.seed), times_norm, args.draws, steps, batch_size=args.batch_size,
-                         progress=not args.no_progress)
-    fields = np.asarray(fit.normalizer.inverse(np.asarray(decode_grid(fit.model, cores, fit.grids))), np.float32)
-    field_attrs, coord_attrs = _source_attrs(root)
-    ds = samples_dataset(fit, fields, times, seed=args.seed, steps=steps,
-                         field_attrs=field_attrs, coord_attrs=coord_attrs)
-    with atomic_file(out, overwrite=args.overwrite) as tmp:
-        ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
-    print(json.dumps({"out": str(out), "draws": int(args.draws), "times": int(times.size),
-                      "shape": list(fields.shape), "steps": int(steps)}))
+    with reserved(args.out) as out:  # a second writer of --out is refused here, before any work
+        check_out_file(out, args.overwrite, example="samples.nc")
+        root = Path(args.run_dir)
+        fit = load_run(root)
+        prior = load_prior(root)
+        times = parse_times(args, fit)
+        t0, t1 = fit.time_domain
+        times_norm = (times - t0) / ((t1 - t0) if t1 != t0 else 1.0)
+        steps = prior.config.num_steps if args.steps is None else args.steps
+        cores = prior.sample(jax.random.key(args.seed), times_norm, args.draws, steps, batch_size=args.batch_size,
+                             progress=not args.no_progress)
+        fields = np.asarray(fit.normalizer.inverse(np.asarray(decode_grid(fit.model, cores, fit.grids))), np.float32)
+        field_attrs, coord_attrs = _source_attrs(root)
+        ds = samples_dataset(fit, fields, times, seed=args.seed, steps=steps,
+                             field_attrs=field_attrs, coord_attrs=coord_attrs)
+        with atomic_file(out, overwrite=args.overwrite) as tmp:
+            ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
+    summary = {"out": str(out), "draws": int(args.draws), "times": int(times.size), "shape": list(fields.shape),
+               "steps": int(steps)}
+    report(args, summary, f"wrote {out}: {args.draws} prior draws at {times.size} times "
+                          f"({' x '.join(map(str, fields.shape))}, {steps} sampler steps)")
     return 0

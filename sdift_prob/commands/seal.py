@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import HelpFormatter
+from . import HelpFormatter, report, reserved
 
 ARGUMENT_NAMES = {"run_dir": "RUN_DIR"}
 HELP = "seal the manifest of an older run directory with its own checksum (manifest_sha256)"
@@ -27,8 +27,15 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import bad_input
     from ..run import seal_run
 
-    digest = seal_run(args.run_dir)
-    print(f"sealed {args.run_dir} (manifest_sha256 {digest})")
+    if not Path(args.run_dir).is_dir():
+        raise bad_input("RUN_DIR", "an existing run directory", str(args.run_dir))
+    with reserved(args.run_dir, "RUN_DIR"):  # the manifest is rewritten: no other writer of RUN_DIR meanwhile
+        digest = seal_run(args.run_dir)
+    report(args, {"run_dir": str(args.run_dir), "manifest_sha256": digest},
+           f"sealed {args.run_dir} (manifest_sha256 {digest})")
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import bad_input
-from . import HelpFormatter, check_seed
+from . import HelpFormatter, check_out_file, check_seed, report, reserved
 
 ARGUMENT_NAMES = {"n_trajectories": "--n"}
 
@@ -74,16 +74,17 @@ def run(args: argparse.Namespace) -> int:
                             value)
         kwargs[applicable[option]] = value
     check_seed(args.seed)
-    out = Path(args.out)
-    # Check the target before spending minutes on the simulation.
-    if out.exists() and not args.overwrite:
-        raise bad_input("--out", "a path that does not exist yet (or pass --overwrite)", str(out))
-    if not out.parent.is_dir():
-        raise bad_input("--out", "a path in an existing folder", str(out))
-    ds = SIMULATORS[name](args.n, seed=args.seed, n_test=args.n_test, progress=not args.no_progress, **kwargs)
-    save_fields(ds, out, overwrite=args.overwrite)
+    # Reserve and check the target before spending minutes on the simulation.
+    with reserved(args.out) as out:
+        check_out_file(out, args.overwrite, example="data.nc")
+        ds = SIMULATORS[name](args.n, seed=args.seed, n_test=args.n_test, progress=not args.no_progress, **kwargs)
+        save_fields(ds, out, overwrite=args.overwrite)
     split = ds.coords["split"].values.astype(str)
-    shape = ", ".join(f"{d} {ds.sizes[d]}" for d in ds["field"].dims[1:])
-    print(f"wrote {ds.sizes['trajectory']} {name} trajectories ({int((split == 'train').sum())} train, "
-          f"{int((split == 'test').sum())} test; {shape}; {ds.attrs['units']}) to {out}")
+    n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
+    sizes = {str(d): int(ds.sizes[d]) for d in ds["field"].dims[1:]}
+    shape = ", ".join(f"{d} {n}" for d, n in sizes.items())
+    report(args, {"out": str(out), "simulator": name, "trajectories": int(ds.sizes["trajectory"]), "train": n_train,
+                  "test": n_test, "sizes": sizes, "units": str(ds.attrs["units"]), "seed": int(args.seed)},
+           f"wrote {ds.sizes['trajectory']} {name} trajectories ({n_train} train, {n_test} test; {shape}; "
+           f"{ds.attrs['units']}) to {out}")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from ..ftm import load_run
 from ..gpsd.prior import PRIOR_SECTION, save_prior
 from ..gpsd.train import PriorConfig, train_prior
 from ..run import read_manifest
-from . import HelpFormatter, check_seed
+from . import HelpFormatter, check_seed, report, reserved
 
 ARGUMENT_NAMES = {"batch_size": "--batch", "warmup_steps": "--warmup", "run_dir": "RUN_DIR"}
 HELP = "train the GP-based sequential diffusion prior on a run's FTM cores"
@@ -88,26 +87,32 @@ def run(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     if args.steps < 1:  # PriorConfig allows 0 (an untrained network); saving one is never meant
         raise bad_input("--steps", "an integer >= 1", args.steps)
-    root = Path(args.run_dir)
-    fit = load_run(root)
-    config = config_from_args(args, int(fit.cores.shape[1]))  # settings checked before the run's state
-    if PRIOR_SECTION in read_manifest(root, verify=False)["sections"] and not args.overwrite:
-        raise InputError(f"RUN_DIR: {root} already has a trained prior; pass --overwrite to replace it")
-    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else root / CHECKPOINT_SUBDIR
-    prior, report = train_prior(
-        fit.cores, fit.normalised_times(), config, key=jax.random.key(args.seed),
-        checkpoint_dir=checkpoint_dir, resume=args.resume, progress=not args.no_progress,
-    )
-    save_prior(root, prior, report, overwrite=args.overwrite)
+    if not Path(args.run_dir).is_dir():
+        raise bad_input("RUN_DIR", "an existing run directory", str(args.run_dir))
+    # the prior goes into RUN_DIR: a second writer of it (train-prior, fit-ftm --out, seal) is refused here
+    with reserved(args.run_dir, "RUN_DIR") as root:
+        fit = load_run(root)
+        config = config_from_args(args, int(fit.cores.shape[1]))  # settings checked before the run's state
+        if PRIOR_SECTION in read_manifest(root, verify=False)["sections"] and not args.overwrite:
+            raise InputError(f"RUN_DIR: {root} already has a trained prior; pass --overwrite to replace it")
+        checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else root / CHECKPOINT_SUBDIR
+        prior, info = train_prior(
+            fit.cores, fit.normalised_times(), config, key=jax.random.key(args.seed),
+            checkpoint_dir=checkpoint_dir, resume=args.resume, progress=not args.no_progress,
+        )
+        save_prior(root, prior, info, overwrite=args.overwrite)
     summary = {
         "run_dir": str(root),
-        "steps": report["steps"],
-        "resumed_from": report["resumed_from"],
-        "final_loss": None if report["final_loss"] is None else round(report["final_loss"], 5),
-        "num_parameters": report["num_parameters"],
-        "steps_per_s": None if report["steps_per_s"] is None else round(report["steps_per_s"], 2),
-        "kernel": report["kernel"],
+        "steps": info["steps"],
+        "resumed_from": info["resumed_from"],
+        "final_loss": None if info["final_loss"] is None else round(info["final_loss"], 5),
+        "num_parameters": info["num_parameters"],
+        "steps_per_s": None if info["steps_per_s"] is None else round(info["steps_per_s"], 2),
+        "kernel": info["kernel"],
         "checkpoint_dir": str(checkpoint_dir),
     }
-    print(json.dumps(summary))
+    resumed = "" if not summary["resumed_from"] else f" (resumed from step {summary['resumed_from']})"
+    report(args, summary,
+           f"added a trained prior to {root}: {summary['steps']} steps{resumed}, final loss {summary['final_loss']}, "
+           f"{summary['num_parameters']} parameters, {summary['kernel']} kernel")
     return 0

@@ -633,7 +633,7 @@ def fit_ftm(
         st["best_score"] = None if not math.isfinite(st["best_score"]) else st["best_score"]
         tree = (model, nets_state, cores, cores_state, best[0], best[1])
         save_checkpoint(path, {**header, "state": st, "step": int(state["epoch"]) * steps_per_epoch}, tree,
-                        overwrite=True)
+                        overwrite=True, argument="checkpoint_dir")
 
     stop = {"signal": None}
     handlers = {}

@@ -50,7 +50,8 @@ def write_tree_file(path: str | os.PathLike, header: dict[str, Any], tree: Any) 
         eqx.tree_serialise_leaves(fh, tree)
 
 
-def save_checkpoint(path: str | os.PathLike, header: dict[str, Any], tree: Any, *, overwrite: bool = False) -> Path:
+def save_checkpoint(path: str | os.PathLike, header: dict[str, Any], tree: Any, *, overwrite: bool = False,
+                    argument: str = "path") -> Path:
     """Atomically write a checkpoint file (JSON header line + serialised leaves of `tree`).
 
     **Arguments:**
@@ -59,11 +60,12 @@ def save_checkpoint(path: str | os.PathLike, header: dict[str, Any], tree: Any, 
     - `header`: JSON-serialisable dict with at least `sdift_kind`.
     - `tree`: a PyTree of arrays / Equinox modules (no typed PRNG keys).
     - `overwrite`: replace an existing file.
+    - `argument`: the name errors give `path` (e.g. a reservation held by another process).
 
     **Returns:** the path written.
     """
     target = Path(path)
-    with atomic_file(target, overwrite=overwrite) as tmp:
+    with atomic_file(target, overwrite=overwrite, argument=argument) as tmp:
         write_tree_file(tmp, header, tree)
     return target
 

@@ -245,7 +245,7 @@ def _init_state(config: PriorConfig, core_shape: tuple[int, ...], key: PRNGKeyAr
 
 def _save(path: Path, header: dict, model, ema, opt_state, step: int, key) -> None:
     tree = (model, ema, opt_state, jnp.asarray(step, jnp.int32), jax.random.key_data(key))
-    save_checkpoint(path, {**header, "step": int(step)}, tree, overwrite=True)
+    save_checkpoint(path, {**header, "step": int(step)}, tree, overwrite=True, argument="checkpoint_dir")
 
 
 def _load(path: Path, config: PriorConfig, core_shape, key):
