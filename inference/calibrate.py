@@ -512,17 +512,16 @@ def kfold_split(
     if n < k:
         raise bad_input("obs", f"at least n_folds={k} observations (one per fold)", f"{n} point(s)")
     stamps, frame = np.unique(obs.time, return_inverse=True)
-    k_whole, k_offset, k_points = jax.random.split(key, 3)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(k_points)).ravel())
+    rng = _rng(key)
     n_whole = int(math.floor(frac * stamps.size + 0.5))
     whole = np.zeros(stamps.size, dtype=bool)
-    order = np.asarray(jax.random.permutation(k_whole, stamps.size))
+    order = rng.permutation(stamps.size)
     whole[order[:n_whole]] = True
     fold = np.empty(n, dtype=np.int64)
     # Whole frames: round-robin over the folds in random order.
     whole_fold = np.empty(stamps.size, dtype=np.int64)
     whole_fold[order[:n_whole]] = np.arange(n_whole) % k
-    offset = np.asarray(jax.random.randint(k_offset, (stamps.size,), 0, k))
+    offset = rng.integers(0, k, size=stamps.size)
     for f in range(stamps.size):
         members = np.flatnonzero(frame == f)
         if whole[f]:

@@ -1012,7 +1012,7 @@ def loo(idata: az.InferenceData, *, var_name: str = "y", pointwise: bool = True,
     gate = on_unreliable != "ignore"
     with warnings.catch_warnings():
         if gate:  # our message replaces ArviZ's generic one
-            warnings.filterwarnings("ignore", message=".*Pareto k.*", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*shape parameter of Pareto.*", category=UserWarning)
         result = az.loo(idata, pointwise=pointwise or gate, var_name=var_name, reff=1.0, scale=scale)
     if "pareto_k" in result:
         k = np.asarray(result["pareto_k"])
