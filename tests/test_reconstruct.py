@@ -150,13 +150,12 @@ def test_calibrate_reconstruction_reaches_nominal_held_out_coverage(pipeline):
     assert res.held_out.sum() == round(0.2 * pipeline["obs"].n_points)
 
 
-def test_kfold_predictions_and_tempering_of_a_reconstruction(pipeline):
-    """issue 18: K-fold held-out predictions of reconstruct feed the field calibration and the K-fold
-    elpd; tempering a reconstruction keeps every group consistent (checked at tau = 1 exactly)."""
+@pytest.mark.slow  # three reconstructions (~16 s warm on one core); the K-fold logic is tested fast in test_checks
+def test_kfold_predictions_of_a_reconstruction(pipeline):
+    """issue 18: K-fold held-out predictions of reconstruct feed the field calibration and the K-fold elpd."""
     from inference.calibrate import calibrate_folds
     from inference.checks import kfold_elpd
-    from inference.reconstruct import field_at_observations, predict_folds_reconstruction, temper_reconstruction
-    from inference.report import posterior_attrs
+    from inference.reconstruct import predict_folds_reconstruction
 
     run, obs = open_run(pipeline["run_dir"]), pipeline["obs"]
     preds = predict_folds_reconstruction(run, obs, key=jax.random.key(4), n_folds=2, frame_fraction=0.34,
@@ -167,6 +166,14 @@ def test_kfold_predictions_and_tempering_of_a_reconstruction(pipeline):
     assert cal.temperature > 0 and set(cal.coverage.subset.values) == {"all", "observed_frames", "unobserved_frames"}
     assert np.isfinite(kfold_elpd(preds).elpd)
 
+
+def test_tempering_a_reconstruction_keeps_its_groups_consistent(pipeline):
+    """issue 18: tempering a reconstruction tempers field, cores and predictive, and recomputes the
+    log-likelihood (checked at tau = 1: the stored groups come back)."""
+    from inference.reconstruct import field_at_observations, temper_reconstruction
+    from inference.report import posterior_attrs
+
+    run, obs = open_run(pipeline["run_dir"]), pipeline["obs"]
     idata = reconstruct(run, obs, key=jax.random.key(3), sampler="gp", draws=4, sigma=0.5)
     f_obs = field_at_observations(run, idata, obs)
     assert f_obs.shape == idata.posterior_predictive["y"].shape
