@@ -80,7 +80,9 @@ __all__ = [
     "posterior_predictive",
     "psis_log_weights",
     "save_posterior",
+    "temper_posterior",
     "to_inference_data",
+    "UnreliableLOOWarning",
     "vrmse_of_mean",
 ]
 
@@ -962,19 +964,71 @@ def _log_likelihood(idata: Any, var_name: str) -> xr.DataArray:
     return ll
 
 
+class UnreliableLOOWarning(UserWarning):
+    """PSIS-LOO's Pareto k diagnostic exceeds its threshold at too many observations: the elpd
+    estimate and any ranking built on it are unreliable (use `inference.checks.kfold_elpd`)."""
+
+
+# Default gate of `loo`: k above 0.7 at more than 5% of the observations. 0.7 is the threshold of the
+# PSIS paper (Vehtari et al.) for any draw count; ArviZ's own min(1 - 1/log10(S), 0.7) is stricter at
+# few draws. The 5% is a judgment call: a handful of high-k points biases the elpd little.
+LOO_K_THRESHOLD = 0.7
+LOO_MAX_BAD_FRACTION = 0.05
+
+
 def loo(idata: az.InferenceData, *, var_name: str = "y", pointwise: bool = True,
-        scale: str | None = None) -> Any:
-    """PSIS-LOO of the observations (`az.loo` with `reff=1`: the draws are independent).
+        scale: str | None = None, k_threshold: float = LOO_K_THRESHOLD,
+        max_bad_fraction: float = LOO_MAX_BAD_FRACTION, on_unreliable: str = "warn") -> Any:
+    """PSIS-LOO of the observations (`az.loo` with `reff=1`: the draws are independent), behind a
+    Pareto-k gate.
+
+    At the draw counts of a guided diffusion sampler (8-32 draws) and with each draw following the
+    data closely, the importance ratios of PSIS are heavy-tailed: on the ocean test trajectory
+    (16 draws) every one of 1,840 observations had k > 1. The estimate is then not an elpd at all,
+    and `az.compare` on such estimates can rank models wrongly. The gate counts the observations
+    with `pareto_k > k_threshold`; when they are more than `max_bad_fraction` of all, it warns
+    (`UnreliableLOOWarning`) or raises (`NumericalError`), naming the count and recommending K-fold
+    cross-validation (`inference.checks.kfold_elpd`, K refits over observation subsets; or
+    `inference.checks.elpd`, which falls back to it).
 
     **Arguments:** `idata` from `to_inference_data` / `reconstruct` (with observations);
-    `var_name` the observed variable; `pointwise` keep `loo_i` and `pareto_k` per observation;
-    `scale` as `az.loo` (default "log").
+    `var_name` the observed variable; `pointwise` keep `loo_i` and `pareto_k` per observation
+    (forced on while the gate is on); `scale` as `az.loo` (default "log"); `k_threshold` (default 0.7),
+    `max_bad_fraction` in [0, 1] (default 0.05); `on_unreliable` "warn" (default), "raise" or "ignore".
 
-    **Returns:** ArviZ's `ELPDData` (`elpd_loo`, `se`, `p_loo`, `pareto_k`, ...); a dict of them
-    goes into `az.compare` as it is.
+    **Returns:** ArviZ's `ELPDData` (`elpd_loo`, `se`, `p_loo`, `pareto_k`, ...), with
+    `n_bad_k` and `loo_reliable` added; a dict of them goes into `az.compare` as it is.
     """
+    import warnings
+
+    from sdift_prob.errors import NumericalError
+
     _log_likelihood(idata, var_name)
-    return az.loo(idata, pointwise=pointwise, var_name=var_name, reff=1.0, scale=scale)
+    if on_unreliable not in ("warn", "raise", "ignore"):
+        raise bad_input("on_unreliable", "'warn', 'raise' or 'ignore'", on_unreliable)
+    for name, value, hi in (("k_threshold", k_threshold, np.inf), ("max_bad_fraction", max_bad_fraction, 1.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value <= hi:
+            raise bad_input(name, f"a number in [0, {hi}]", value)
+    gate = on_unreliable != "ignore"
+    with warnings.catch_warnings():
+        if gate:  # our message replaces ArviZ's generic one
+            warnings.filterwarnings("ignore", message=".*shape parameter of Pareto.*", category=UserWarning)
+        result = az.loo(idata, pointwise=pointwise or gate, var_name=var_name, reff=1.0, scale=scale)
+    if "pareto_k" in result:
+        k = np.asarray(result["pareto_k"])
+        n_bad = int((k > k_threshold).sum())
+        result["n_bad_k"] = n_bad
+        result["loo_reliable"] = bool(n_bad <= max_bad_fraction * k.size)
+        if gate and not result["loo_reliable"]:
+            message = (f"PSIS-LOO is unreliable here: Pareto k > {k_threshold:g} at {n_bad} of {k.size} observations "
+                       f"({n_bad / k.size:.0%}, gate {max_bad_fraction:.0%}) with {int(result['n_samples'])} draws; "
+                       "its elpd (and an az.compare ranking built on it) should not be used. Use K-fold "
+                       "cross-validation instead: inference.checks.kfold_elpd (K refits over observation subsets), "
+                       "or inference.checks.elpd, which falls back to it.")
+            if on_unreliable == "raise":
+                raise NumericalError(message)
+            warnings.warn(message, UnreliableLOOWarning, stacklevel=2)
+    return result
 
 
 def psis_log_weights(idata: az.InferenceData, *, var_name: str = "y") -> tuple[xr.DataArray, xr.DataArray]:
@@ -996,3 +1050,95 @@ def loo_pit(idata: az.InferenceData, *, var_name: str = "y") -> xr.DataArray:
     """
     log_weights, _ = psis_log_weights(idata, var_name=var_name)
     return az.loo_pit(idata, y=var_name, log_weights=log_weights)
+
+
+# -- tempering a whole posterior -----------------------------------------------------------------
+def temper_posterior(
+    idata: az.InferenceData,
+    tau: float,
+    *,
+    field_at_obs: Float[ArrayLike, "chain draw N"] | None = None,
+    log_lik_fn: Any = None,
+) -> az.InferenceData:
+    """Apply a posterior temperature τ (e.g. from `inference.calibrate.calibrate_kfold`) to every
+    group of `idata` that depends on the draws, and say in the attrs what was done.
+
+    - `posterior.field` and `posterior.cores`: `apply_temperature(., tau)` over (chain, draw)
+      pooled: the mean is kept and the spread about it scaled by `sqrt(tau)`. The field is linear in
+      the cores, so the tempered cores decode to the tempered field.
+    - `posterior.sigma` (the noise level) is left as it is: τ tempers the field's share only.
+    - `posterior_predictive.y`: with `field_at_obs` (the field of each draw at the observation
+      points, `(chain, draw, N)` physical units), each replicate keeps its own noise realisation:
+      `y_rep' = y_rep - f + f'` with `f'` the tempered `field_at_obs`. Without it the group is
+      **removed** (its draws would be those of the untempered posterior).
+    - `log_likelihood.y`: recomputed as `log_lik_fn(f')` -> `(chain, draw, N)` when both
+      `field_at_obs` and `log_lik_fn` are given; otherwise **removed**.
+    - `observed_data`, `sample_stats`: unchanged.
+
+    Every group's attrs get `tempering` (JSON, decoded by `posterior_attrs`): `{"tau": ..,
+    "tempered": [group.var, ..], "removed": [group, ..], "unchanged": [..]}`.
+
+    **Returns:** a new InferenceData (the input is not changed). A posterior that was tempered
+    already is refused (temper the original with the product of the two τ).
+    """
+    from .calibrate import apply_temperature
+
+    _check_idata(idata)
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.number)) or not (0 < tau < np.inf):
+        raise bad_input("tau", "a finite temperature > 0", tau)
+    if "tempering" in idata.posterior.attrs:
+        raise bad_input("idata", "an untempered posterior (temper the original with the product of the two tau)",
+                        idata.posterior.attrs["tempering"])
+    if log_lik_fn is not None and not callable(log_lik_fn):
+        raise bad_input("log_lik_fn", "a callable f (chain, draw, N) -> log-likelihood (chain, draw, N), or None",
+                        log_lik_fn)
+    out = idata.copy()
+    tempered, removed = [], []
+    for name in ("field", "cores"):
+        if name in out.posterior:
+            var = out.posterior[name]
+            out.posterior[name] = var.copy(data=np.asarray(
+                apply_temperature(np.asarray(var.values, dtype=np.float64), float(tau), axis=(0, 1)),
+                dtype=var.dtype))
+            tempered.append(f"posterior.{name}")
+    groups = out.groups()
+    if "posterior_predictive" in groups:
+        y = out.posterior_predictive["y"]
+        if field_at_obs is None:
+            removed.append("posterior_predictive")
+        else:
+            f = _numeric(field_at_obs, "field_at_obs").astype(np.float64)
+            if f.shape != y.shape:
+                raise bad_input("field_at_obs", f"shape (chain, draw, N) = {y.shape} like posterior_predictive.y",
+                                f"shape {f.shape}")
+            if not np.isfinite(f).all():
+                raise bad_input("field_at_obs", "finite values", "NaN or infinite entries")
+            f_t = np.asarray(apply_temperature(f, float(tau), axis=(0, 1)))
+            out.posterior_predictive["y"] = y.copy(data=(np.asarray(y.values, dtype=np.float64) - f + f_t)
+                                                   .astype(y.dtype))
+            tempered.append("posterior_predictive.y")
+            if "log_likelihood" in groups:
+                if log_lik_fn is None:
+                    removed.append("log_likelihood")
+                else:
+                    ll = _numeric(log_lik_fn(f_t), "log_lik_fn(field)").astype(np.float64)
+                    old = out.log_likelihood["y"]
+                    if ll.shape != old.shape or not np.isfinite(ll).all():
+                        raise bad_input("log_lik_fn", f"finite values of shape {old.shape}", f"shape {ll.shape}")
+                    out.log_likelihood["y"] = old.copy(data=ll.astype(old.dtype))
+                    tempered.append("log_likelihood.y")
+    if "log_likelihood" in groups and "log_likelihood" not in removed and "log_likelihood.y" not in tempered:
+        removed.append("log_likelihood")
+    for group in removed:
+        del out[group]
+    unchanged = [g for g in out.groups() if g not in {t.split(".")[0] for t in tempered}]
+    if "sigma" in out.posterior:
+        unchanged.append("posterior.sigma")
+    info = json.dumps({"tau": float(tau), "tempered": tempered, "removed": removed, "unchanged": unchanged},
+                      sort_keys=True)
+    for group in out.groups():
+        attrs = out[group].attrs
+        attrs["tempering"] = info
+        encoded = set(json.loads(attrs.get("json_attrs", "[]")))
+        attrs["json_attrs"] = json.dumps(sorted(encoded | {"tempering"}))
+    return out

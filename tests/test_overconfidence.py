@@ -102,3 +102,104 @@ def test_over_confident_field_is_flagged_while_the_observation_check_passes(case
     # cover the observed values at (or above) the nominal 90% however the field's spread is scaled.
     assert observation_level_coverage(good) >= 0.85
     assert observation_level_coverage(over) >= 0.85
+
+
+# -- the new field-level checks (issue 18): K-fold calibration and SBC -------------------------------
+def _kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * ((a[:, None] - b[None, :]) / LENGTH) ** 2)
+
+
+def exact_predict(case: dict, tau: float):
+    """`predict` for `inference.calibrate.predict_folds`: exact Gaussian posterior draws of the field at
+    the held-out points given the other points of the same frame (frames are independent a priori;
+    a frame without fit points gets prior draws), tempered by `tau` (1 = exact)."""
+    from inference.calibrate import apply_temperature as temper
+
+    def predict(key, obs_fit, obs_held):
+        import jax
+
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+        out = np.empty((N_DRAWS, obs_held.n_points))
+        for t in np.unique(obs_held.time):
+            h = obs_held.time == t
+            f = obs_fit.time == t
+            xh, xf = obs_held.coords[h, 0], obs_fit.coords[f, 0]
+            k_hh = _kernel(xh, xh)
+            if f.any():
+                gain = np.linalg.solve(_kernel(xf, xf) + SIGMA**2 * np.eye(xf.size), _kernel(xf, xh)).T
+                mean, cov = gain @ obs_fit.value[f], k_hh - gain @ _kernel(xf, xh)
+            else:
+                mean, cov = np.zeros(xh.size), k_hh
+            chol = np.linalg.cholesky(0.5 * (cov + cov.T) + 1e-9 * np.eye(xh.size))
+            out[:, h] = mean + rng.normal(size=(N_DRAWS, xh.size)) @ chol.T
+        return (temper(out, tau) if tau != 1.0 else out), SIGMA
+
+    return predict
+
+
+def observations(case: dict) -> ObservationSet:
+    t_index = np.repeat(np.arange(N_FRAMES), N_OBS)
+    return ObservationSet(value=case["values"].ravel(), time=t_index.astype(float),
+                          coords=case["x"][case["where"].ravel()][:, None], space_dims=("x",), noise_scale=SIGMA,
+                          noise_model="gaussian")
+
+
+def test_kfold_field_calibration_flags_the_over_confident_posterior():
+    import jax
+
+    from inference.calibrate import calibrate_kfold
+
+    case = gaussian_case(seed=3)
+    obs = observations(case)
+    # 30 frames x 4 points: each fold holds out 1 point of a frame; 20% of the frames are held out
+    # whole (frames without data).
+    results = {}
+    for name, tau in (("good", 1.0), ("over", 0.5)):
+        results[name] = calibrate_kfold(jax.random.key(5), exact_predict(case, tau), obs, n_folds=4,
+                                        frame_fraction=0.2, levels=(0.5, 0.9))
+    good, over = results["good"], results["over"]
+    cov = {k: r.coverage.sel(level=0.9) for k, r in results.items()}
+    # The exact posterior needs no temperature; the tempered one asks for ~1/0.5 = 2.
+    assert 0.6 <= good.temperature <= 1.6, good.to_dict()
+    assert over.temperature >= 1.5 * good.temperature, (good.temperature, over.temperature)
+    # Before calibration the over-confident posterior falls short at held-out points, the exact one not.
+    assert float(cov["over"].sel(stage="before", subset="all")) < 0.86
+    assert float(cov["good"].sel(stage="before", subset="all")) >= 0.85
+    # Out-of-fold coverage after calibration is near nominal for both, and reported beside in-fold.
+    for r in results.values():
+        assert 0.84 <= float(r.coverage.sel(level=0.9, stage="out_of_fold", subset="all")) <= 0.96, r.to_dict()
+        assert float(r.coverage.sel(level=0.9, stage="in_fold", subset="all")) >= 0.9
+    # Both kinds of frames are there and reported separately.
+    n = dict(zip(good.coverage.subset.values, good.coverage.n_points.values))
+    assert n["observed_frames"] > 0 and n["unobserved_frames"] > 0 and n["all"] == obs.n_points
+    assert np.isfinite(good.temperature_by_subset["unobserved_frames"])
+
+
+def test_sbc_and_replicate_coverage_flag_the_over_confident_posterior(case):
+    import jax
+
+    from inference.checks import replicate_checks, sbc
+
+    # The truths are prior draws (SBC's requirement): three data sets of 30 independent frames.
+    cases = [case] + [gaussian_case(seed) for seed in (1, 2)]
+    pairs = {"good": [], "over": []}
+    for c in cases:
+        pairs["good"].append((c["truth"], posterior(c, c["draws"])[0]))
+        pairs["over"].append((c["truth"], posterior(c, apply_temperature(c["draws"], 0.5))[0]))
+    ranks = {k: sbc(v, key=jax.random.key(0), n_bins=10) for k, v in pairs.items()}
+    # U-shaped rank histogram: the outer bins hold far more than their share.
+    over, good = ranks["over"], ranks["good"]
+    outer = lambda r: float((r["count"][0] + r["count"][-1]) / r["count"].sum())  # noqa: E731
+    assert outer(over) > 0.3 and outer(good) < 0.26, (outer(good), outer(over))
+    # Neighbouring ranks are dependent (length scale 0.1 on 40 points), which inflates the exact
+    # posterior's chi² too (~5 per dof here): the contrast, not the p-value, is the figure to read.
+    assert over.attrs["chi2_per_dof"] > 5 * good.attrs["chi2_per_dof"], (good.attrs, over.attrs)
+    assert over.attrs["p_value"] < 1e-6
+    rep = {k: replicate_checks(v, levels=(0.9,)) for k, v in pairs.items()}
+    assert float(rep["over"]["coverage_mean"].sel(level=0.9)) < 0.82
+    assert float(rep["good"]["coverage_mean"].sel(level=0.9)) > 0.85
+    assert rep["over"].attrs["pit_chi2"] > 5 * rep["good"].attrs["pit_chi2"]
+    # ... while the observation-level PPC passes for every replicate of both.
+    for v in pairs.values():
+        for _, idata in v:
+            assert observation_level_coverage(idata) >= 0.85

@@ -150,6 +150,43 @@ def test_calibrate_reconstruction_reaches_nominal_held_out_coverage(pipeline):
     assert res.held_out.sum() == round(0.2 * pipeline["obs"].n_points)
 
 
+@pytest.mark.slow  # three reconstructions (~16 s warm on one core); the K-fold logic is tested fast in test_checks
+def test_kfold_predictions_of_a_reconstruction(pipeline):
+    """issue 18: K-fold held-out predictions of reconstruct feed the field calibration and the K-fold elpd."""
+    from inference.calibrate import calibrate_folds
+    from inference.checks import kfold_elpd
+    from inference.reconstruct import predict_folds_reconstruction
+
+    run, obs = open_run(pipeline["run_dir"]), pipeline["obs"]
+    preds = predict_folds_reconstruction(run, obs, key=jax.random.key(4), n_folds=2, frame_fraction=0.34,
+                                         sampler="gp", draws=4, sigma=0.5)
+    assert preds.field.shape == (4, obs.n_points) and (preds.noise_sd >= 0.5).all()
+    assert (~preds.frame_observed).any() and preds.frame_observed.any()
+    cal = calibrate_folds(jax.random.key(5), preds)
+    assert cal.temperature > 0 and set(cal.coverage.subset.values) == {"all", "observed_frames", "unobserved_frames"}
+    assert np.isfinite(kfold_elpd(preds).elpd)
+
+
+def test_tempering_a_reconstruction_keeps_its_groups_consistent(pipeline):
+    """issue 18: tempering a reconstruction tempers field, cores and predictive, and recomputes the
+    log-likelihood (checked at tau = 1: the stored groups come back)."""
+    from inference.reconstruct import field_at_observations, temper_reconstruction
+    from inference.report import posterior_attrs
+
+    run, obs = open_run(pipeline["run_dir"]), pipeline["obs"]
+    idata = reconstruct(run, obs, key=jax.random.key(3), sampler="gp", draws=4, sigma=0.5)
+    f_obs = field_at_observations(run, idata, obs)
+    assert f_obs.shape == idata.posterior_predictive["y"].shape
+    same = temper_reconstruction(run, idata, obs, 1.0, sigma=0.5)
+    info = posterior_attrs(same)["tempering"]
+    assert info["removed"] == [] and "log_likelihood.y" in info["tempered"]
+    np.testing.assert_allclose(same.log_likelihood["y"].values, idata.log_likelihood["y"].values, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(same.posterior_predictive["y"].values, idata.posterior_predictive["y"].values, atol=1e-3)
+    wider = temper_reconstruction(run, idata, obs, 2.0, sigma=0.5)
+    ratio = wider.posterior["field"].std(("chain", "draw")) / idata.posterior["field"].std(("chain", "draw"))
+    np.testing.assert_allclose(ratio.values, np.sqrt(2.0), rtol=1e-3)
+
+
 def test_fitted_message_kernel(pipeline):
     run = open_run(pipeline["run_dir"])
     kernel = run.fitted_message_kernel
