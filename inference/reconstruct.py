@@ -133,6 +133,26 @@ class Run:
                                fit_variance=False)
 
 
+# Slots per frame are padded up to a multiple of this, so that reconstructions from similar
+# observation sets (K-fold subsets, a moving window) share one compiled sampler.
+SLOT_MULTIPLE = 8
+
+
+def _pad_slots(padded: PaddedObservations, multiple: int = SLOT_MULTIPLE) -> PaddedObservations:
+    """`padded` with masked slots appended up to a multiple of `multiple` points per frame."""
+    M, P = np.asarray(padded.mask).shape
+    extra = -P % multiple
+    if extra == 0:
+        return padded
+
+    def grow(a: Any, fill: float) -> np.ndarray:
+        a = np.asarray(a)
+        return np.concatenate([a, np.full((M, extra, *a.shape[2:]), fill, dtype=a.dtype)], axis=1)
+
+    return PaddedObservations(times=padded.times, values=grow(padded.values, 0.0), coords=grow(padded.coords, 0.0),
+                              noise_scale=grow(padded.noise_scale, 1.0), mask=grow(padded.mask, False))
+
+
 def _representation_error(run: Run, representation_error: Any) -> tuple[float, str]:
     """`(std in normalised field units, where it came from)` of the FTM's own error at a point."""
     if isinstance(representation_error, str):
@@ -400,7 +420,7 @@ def reconstruct(
 
     # The padded observations in normalised field units; a frame without points is all-masked.
     if conditioned:
-        padded_phys = obs.to_padded(grid_times)
+        padded_phys = _pad_slots(obs.to_padded(grid_times))
     else:
         K = len(run.space_dims)
         padded_phys = PaddedObservations(
