@@ -274,6 +274,10 @@ def test_crps_ensemble_agrees_with_scoringrules():
         ours = crps_ensemble(truth, draws, fair=fair, reduce="none")
         theirs = sr.crps_ensemble(truth, draws, m_axis=0, estimator=estimator, backend="numpy")
         np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
+    # One draw: both scores are |x - y| (the fair estimator's S - 1 pairs are none).
+    for fair in (False, True):
+        np.testing.assert_allclose(crps_ensemble(truth, draws[:1], fair=fair, reduce="none"),
+                                   np.abs(draws[0] - truth), rtol=1e-12)
 
 
 def gaussian_frames(n_frames: int, n_draws: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
