@@ -172,3 +172,27 @@ def test_kriging_restarts_when_the_optimiser_ends_in_a_non_finite_region(smooth_
     monkeypatch.setattr(gpx, "fit_scipy", lambda *, model, **kw: (model, np.array([np.nan])))
     with pytest.raises(InputError, match="not finite from any starting point"):
         fit_kriging(obs, key=jax.random.key(0))
+
+
+def test_kriging_joint_draws_follow_the_dense_gaussian_predictive(rbf_model):
+    rng = np.random.default_rng(4)
+    c = rng.uniform(0.1, 0.9, (12, 2))
+    t = np.repeat([0.2, 0.6], 6)
+    mean, std = rbf_model.predict(c, t)
+    draws = rbf_model.sample(c, t, key=jax.random.key(5), n_samples=4000)
+    assert draws.shape == (4000, 12)
+    np.testing.assert_allclose(draws.mean(axis=0), mean, atol=4 * std.max() / np.sqrt(4000))
+    np.testing.assert_allclose(draws.std(axis=0), std, rtol=0.06)
+    # Joint: nearby points at the same time are strongly correlated, as the kernel says.
+    corr = np.corrcoef(draws.T)
+    near = np.argmin(np.where(np.eye(6, dtype=bool), np.inf, np.linalg.norm(c[:6, None] - c[None, :6], axis=-1)),
+                     axis=1)
+    assert np.mean([corr[i, near[i]] for i in range(6)]) > 0.3
+    same = rbf_model.sample(c, t, key=jax.random.key(5), n_samples=4000)
+    np.testing.assert_array_equal(draws, same)
+    with pytest.raises(InputError, match="n_samples"):
+        rbf_model.sample(c, t, key=jax.random.key(0), n_samples=0)
+    with pytest.raises(InputError, match="key"):
+        rbf_model.sample(c, t, key=0, n_samples=2)
+    with pytest.raises(InputError, match="coords"):
+        rbf_model.sample(c[:, :1], t, key=jax.random.key(0), n_samples=2)
