@@ -36,7 +36,17 @@ and every method is scored on all space-time entries in physical units:
 
 VRMSE (mean ± std over test trajectories), 50/90% interval coverage and CRPS (probabilistic
 methods; kriging's from its Gaussian predictive on a fixed random subset of 5,000 entries,
-the others' from their draws on all entries), seconds per reconstruction. Then the
+the others' from their draws on all entries), seconds per reconstruction. Coverage of the
+samplers is given twice: Student-t predictive intervals (`coverage_50`, `coverage_90`) and
+equal-tailed quantile intervals of the draws (`coverage_*_quantile`, what ArviZ users compute),
+with the number of draws (`n_draws`); kriging's `coverage_50/90` are its exact Gaussian intervals.
+
+Multivariate scores (`energy_score`, `variogram_score` p = 0.5; `sdift_prob.metrics`) over whole
+frames are computed for every method with draws on the same entries: `MV_POINTS` spatial points
+(drawn with seed 0 among the points with truth in every frame; the same points for every method)
+in every frame. Kriging gets as many joint draws as the samplers (`--draws`) from its Gaussian
+predictive at those points, one frame at a time (`KrigingModel.sample`), and its quantile
+coverage on those entries from the same draws; `n_draws` records the count. Then the
 noise-robustness table on `ocean` (ρ = 1%, setting 1; Gaussian, Laplace and Poisson noise at two
 levels, each method with the matching likelihood where it has one), as in the paper. Everything is reproducible from
 `--seed`; the JSON holds every per-trajectory figure.
@@ -72,15 +82,27 @@ from sdift_prob.data.fields import load_fields, train_part
 from sdift_prob.data.observations import sample_observations, select_trajectory
 from sdift_prob.errors import NumericalError
 from sdift_prob.io import write_json
-from sdift_prob.metrics import crps_gaussian, gaussian_interval_coverage, summarise, vrmse
+from sdift_prob.metrics import (
+    VARIOGRAM_MAX_POINTS,
+    crps_gaussian,
+    energy_score,
+    gaussian_interval_coverage,
+    interval_coverage,
+    summarise,
+    variogram_score,
+    vrmse,
+)
 from sdift_prob.pretrained.recipes import commands
 
 GUIDED = ("mmps", "mpdps", "mpdps_fitted", "dps")
 METHODS = ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear", "train_mean")
 CALIBRATED = ("mmps", "mpdps")
 # Figures `evaluate` gives besides the Student-t coverage and CRPS: the coverage of quantile
-# intervals of the draws (what analysts compute) and whole-frame scores.
-_NEW_FIGURES = ("coverage_50_quantile", "coverage_90_quantile", "energy_score")
+# intervals of the draws (what analysts compute) and the number of draws behind them.
+_NEW_FIGURES = ("coverage_50_quantile", "coverage_90_quantile", "n_draws")
+# Points per frame of the multivariate scores, the same for every method (kriging's joint draws
+# cost a dense predictive per frame): the variogram score's default subsample.
+MV_POINTS = VARIOGRAM_MAX_POINTS
 NOISE_LIKELIHOOD = {"gaussian": "gaussian", "laplace": "laplace", "poisson": "poisson"}
 
 
@@ -191,7 +213,43 @@ def _uncertainty_subset(key: jax.Array, shape: tuple[int, ...], n: int) -> np.nd
     return np.sort(np.asarray(jax.random.permutation(key, size))[: min(n, size)])
 
 
-def score_kriging(key: jax.Array, obs: Any, truth: Any, n_unc: int = 5000) -> dict[str, float]:
+def multivariate_points(truth: Any, n: int = MV_POINTS, seed: int = 0) -> np.ndarray:
+    """Flat indices of at most `n` spatial points (of `truth (time, *space)`), drawn with `seed`
+    among the points whose truth is not missing in any frame: where every method's multivariate
+    scores are computed."""
+    values = np.asarray(truth.values if hasattr(truth, "values") else truth)
+    space = values.reshape(values.shape[0], -1)
+    ok = np.isfinite(space).all(axis=0)
+    order = np.random.default_rng(seed).permutation(space.shape[1])
+    keep = np.sort(order[ok[order]][:n])
+    if keep.size < 2:
+        raise ValueError(f"truth: fewer than 2 points with truth in every frame ({keep.size})")
+    return keep
+
+
+def on_points(truth_values: np.ndarray, draws: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(y (T, P), x (S, T, P))`: the truth `(T, *space)` and draws `(S, T, *space)` at the
+    spatial `points` (flat indices) of every frame."""
+    t = truth_values.shape[0]
+    return truth_values.reshape(t, -1)[:, points], np.asarray(draws).reshape(draws.shape[0], t, -1)[:, :, points]
+
+
+def multivariate_scores(y: np.ndarray, x: np.ndarray) -> dict[str, float]:
+    """Energy and variogram (p = 0.5) scores of frames `x (S, T, P)` against `y (T, P)`, whole
+    frames of P points (`on_points`), mean over frames."""
+    return {"energy_score": energy_score(y, x, max_points=None),
+            "variogram_score": variogram_score(y, x, p=0.5, max_points=None)}
+
+
+def _field_draws(idata: Any) -> np.ndarray:
+    field = idata.posterior["field"]
+    return field.values.reshape((-1, *field.shape[2:]))
+
+
+def score_kriging(key: jax.Array, obs: Any, truth: Any, n_unc: int = 5000, draws: int = 8) -> dict[str, float]:
+    """Kriging's figures: VRMSE of its mean on the grid; coverage and CRPS of its Gaussian
+    predictive on `n_unc` random entries; `draws` joint draws per frame at the
+    `multivariate_points` for the energy / variogram scores and the quantile coverage."""
     t0 = time.perf_counter()
     model = fit_kriging(obs, key=key)
     times = truth.time.values
@@ -206,9 +264,27 @@ def score_kriging(key: jax.Array, obs: Any, truth: Any, n_unc: int = 5000) -> di
     secs = time.perf_counter() - t0
     y = truth.values[sub]
     cov = gaussian_interval_coverage(y, m_sub, np.maximum(s_sub, 1e-12), levels=(0.5, 0.9))
-    return {"vrmse": vrmse(truth.values, mean), "coverage_50": cov[0.5], "coverage_90": cov[0.9],
-            "crps": crps_gaussian(y, m_sub, np.maximum(s_sub, 1e-12)), "seconds": secs,
-            "noise_std_fitted": model.noise_std}
+    out = {"vrmse": vrmse(truth.values, mean), "coverage_50": cov[0.5], "coverage_90": cov[0.9],
+           "crps": crps_gaussian(y, m_sub, np.maximum(s_sub, 1e-12)), "seconds": secs,
+           "noise_std_fitted": model.noise_std}
+    # Joint draws frame by frame (scores are per frame, so frames need not be jointly drawn).
+    t1 = time.perf_counter()
+    points = multivariate_points(truth)
+    space_pts = _grid_points_flat(grids)[points]
+    k_draws = jax.random.fold_in(key, 2)
+    samples = np.stack([model.sample(space_pts, np.full(points.size, times[i]), key=jax.random.fold_in(k_draws, i),
+                                     n_samples=draws) for i in range(times.size)], axis=1)  # (S, T, P)
+    y_mv = np.asarray(truth.values).reshape(times.size, -1)[:, points]
+    out.update(multivariate_scores(y_mv, samples))
+    quantile = interval_coverage(y_mv, samples, (0.5, 0.9), method="quantile")
+    out.update({"coverage_50_quantile": quantile[0.5], "coverage_90_quantile": quantile[0.9], "n_draws": draws,
+                "multivariate_seconds": time.perf_counter() - t1})
+    return out
+
+
+def _grid_points_flat(grids: list[np.ndarray]) -> np.ndarray:
+    """`(prod I_d, K)` coordinates of the grid's points in C order (the flat spatial index)."""
+    return np.column_stack([g.ravel() for g in np.meshgrid(*grids, indexing="ij")])
 
 
 def _tempered_scores(idata: Any, truth: Any, tau: float) -> dict[str, float]:
@@ -252,6 +328,8 @@ def score_sampler(run: Any, obs: Any, truth: Any, *, key: jax.Array, sampler: st
     secs = time.perf_counter() - t0
     ev = evaluate(idata, truth)
     out = {k: ev[k] for k in ("vrmse", "coverage_50", "coverage_90", "crps") + _NEW_FIGURES if k in ev}
+    out.update(multivariate_scores(*on_points(np.asarray(truth.values), _field_draws(idata),
+                                              multivariate_points(truth))))
     out["seconds"] = secs
     if calibrate and method in CALIBRATED:
         t1 = time.perf_counter()
@@ -292,7 +370,7 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
             est = linear_interpolation(obs, truth.time.values, [truth[d].values for d in truth.dims[1:]])
             scores.add("linear", vrmse=vrmse(truth.values, est), seconds=time.perf_counter() - t0)
         if "kriging" in methods:
-            scores.add("kriging", **score_kriging(jax.random.fold_in(k, 2), obs, truth))
+            scores.add("kriging", **score_kriging(jax.random.fold_in(k, 2), obs, truth, draws=suite.draws))
         for m in (m for m in methods if _is_sampler(m)):
             if m.startswith("gp") and likelihood == "poisson":
                 continue
@@ -318,7 +396,7 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
                 one(int(i), obs, truth, scores, k, suite.noise_scale * std, "gaussian", suite.calibrate)
             cell = {"setting": setting, "rho": rho, "n_test": int(ids.size), "first_test": suite.first_test,
                     "test_trajectories": [int(i) for i in ids], "noise": "gaussian",
-                    "noise_level": suite.noise_scale, "methods": scores.summary()}
+                    "noise_level": suite.noise_scale, "multivariate_points": MV_POINTS, "methods": scores.summary()}
             result["cells"].append(cell)
             if on_cell is not None:
                 on_cell(result)
@@ -339,7 +417,8 @@ def evaluate_dataset(name: str, suite: Suite, workdir: Path, seed: int, methods:
                                           noise_scale=scale)
                 one(int(i), obs, truth, scores, k, level * std, NOISE_LIKELIHOOD[noise], False)
             entry = {"noise": noise, "level": level, "rho": 0.01, "setting": 1, "n_test": int(ids.size),
-                     "test_trajectories": [int(i) for i in ids], "methods": scores.summary()}
+                     "test_trajectories": [int(i) for i in ids], "multivariate_points": MV_POINTS,
+                     "methods": scores.summary()}
             result["noise"].append(entry)
             if on_cell is not None:
                 on_cell(result)

@@ -80,9 +80,9 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
         if any(r != "–" for r in rel):
             out.append(f"| MMPS vs {LABELS[other].strip('*')} (VRMSE reduction) | " + " | ".join(rel) + " |")
     out.append("")
-    out.append(f"Uncertainty on {name} (50% / 90% coverage of Student-t predictive intervals, [of quantile "
-               "intervals of the draws] where measured, CRPS in field units; `cal` = after "
-               "`calibrate_reconstruction`):\n")
+    out.append(f"Uncertainty on {name} (50% / 90% coverage of Student-t predictive intervals — kriging: of its "
+               "Gaussian intervals —, [of equal-tailed quantile intervals of the draws, and the number of draws] "
+               "where measured, CRPS in field units; `cal` = after `calibrate_reconstruction`):\n")
     out.append("| method | " + " | ".join(heads) + " |")
     out.append("|---" * (len(cells) + 1) + "|")
     for m in ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging"):
@@ -91,7 +91,8 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
         row = []
         for c in cells:
             d = c["methods"].get(m)
-            quantile = (f" [quantile {_m(d, 'coverage_50_quantile')} / {_m(d, 'coverage_90_quantile')}]"
+            quantile = (f" [quantile {_m(d, 'coverage_50_quantile')} / {_m(d, 'coverage_90_quantile')}"
+                        + (f", {_m(d, 'n_draws', 0)} draws" if "n_draws" in d else "") + "]"
                         if d and "coverage_90_quantile" in d else "")
             row.append("–" if not d else f"{_m(d, 'coverage_50')} / {_m(d, 'coverage_90')}{quantile}, "
                        f"{_m(d, 'crps', 3)}")
@@ -105,6 +106,7 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
                            f"(τ {_m(d, 'temperature', 1)})")
             out.append(f"| {LABELS[m]} cal | " + " | ".join(row) + " |")
     out.append("")
+    out.extend(multivariate_table(name, cells, heads))
     secs = []
     for m in ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear"):
         vals = [c["methods"][m]["seconds"]["mean"] for c in cells if m in c["methods"] and "seconds" in c["methods"][m]]
@@ -113,6 +115,31 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
     if secs:
         out.append("Seconds per reconstruction (mean over cells, compilation included once per shape): "
                    + ", ".join(secs) + ".\n")
+    return out
+
+
+def multivariate_table(name: str, cells: list[dict[str, Any]], heads: list[str]) -> list[str]:
+    """Energy score / variogram score per method and cell, where measured (files written before
+    these scores existed have none: no table)."""
+    methods = [m for m in ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging")
+               if any("energy_score" in c["methods"].get(m, {}) for c in cells)]
+    if not methods:
+        return []
+    points = sorted({c["multivariate_points"] for c in cells if "multivariate_points" in c})
+    where = f"at most {points[0]} points per frame" if len(points) == 1 else "a fixed subset of points per frame"
+    out = [f"Multivariate scores on {name} (energy score / variogram score p = 0.5, per frame over the same "
+           f"{where} for every method, mean over frames; lower is better; [number of draws]; kriging: joint "
+           "draws from its Gaussian predictive):\n",
+           "| method | " + " | ".join(heads) + " |", "|---" * (len(cells) + 1) + "|"]
+    for m in methods:
+        row = []
+        for c in cells:
+            d = c["methods"].get(m)
+            row.append("–" if not d or "energy_score" not in d else
+                       f"{_m(d, 'energy_score', 2)} / {_m(d, 'variogram_score', 0)}"
+                       + (f" [{_m(d, 'n_draws', 0)}]" if "n_draws" in d else ""))
+        out.append(f"| {LABELS[m]} | " + " | ".join(row) + " |")
+    out.append("")
     return out
 
 

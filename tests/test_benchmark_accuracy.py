@@ -70,3 +70,83 @@ def test_two_workers_give_the_one_process_figures(tmp_path):
     assert runs[2]["config"] == runs[1]["config"]
     assert "simulate_s" in runs[2]["datasets"]["ocean"]["provenance"]
     assert not list((tmp_path / "work").glob("accuracy-parts-*"))  # the workers' files are cleaned up
+
+
+def _small_truth():
+    import numpy as np
+    import xarray as xr
+
+    t, x, y = np.arange(3.0), np.linspace(0.0, 1.0, 8), np.linspace(0.0, 1.0, 6)
+    values = np.sin(3 * x)[None, :, None] * np.cos(2 * y)[None, None, :] + 0.2 * t[:, None, None]
+    return xr.DataArray(values, dims=("time", "x", "y"), coords={"time": t, "x": x, "y": y})
+
+
+def test_multivariate_scores_use_the_same_points_for_every_method():
+    import numpy as np
+
+    from sdift_prob.metrics import energy_score, variogram_score
+
+    truth = _small_truth()
+    masked = truth.copy()
+    masked.values[1, 0, :] = np.nan  # missing in one frame: never chosen
+    pts = accuracy.multivariate_points(masked, n=10, seed=0)
+    assert pts.size == 10 and not np.isin(pts, np.arange(6)).any()
+    np.testing.assert_array_equal(pts, accuracy.multivariate_points(masked, n=10, seed=0))
+    draws = truth.values + np.random.default_rng(0).normal(size=(4, *truth.shape))
+    y, x = accuracy.on_points(truth.values, draws, pts)
+    assert y.shape == (3, 10) and x.shape == (4, 3, 10)
+    scores = accuracy.multivariate_scores(y, x)
+    assert scores["energy_score"] == energy_score(y, x, max_points=None)
+    assert scores["variogram_score"] == variogram_score(y, x, max_points=None)
+
+
+def test_kriging_gets_joint_draws_scored_like_the_samplers(monkeypatch):
+    import jax
+    import numpy as np
+
+    truth = _small_truth()
+
+    def field(c, t):
+        return np.sin(3 * c[:, 0]) * np.cos(2 * c[:, 1]) + 0.2 * t
+
+    class Exact:
+        """A kriging model that knows the field (fitting is tested in test_baselines.py): checks
+        that the draws are asked for at the right points and times, frame by frame."""
+
+        noise_std = 0.05
+
+        def predict_grid(self, times, grids, return_std=False):
+            return truth.values.copy(), None
+
+        def predict(self, coords, time):
+            return field(coords, time), np.full(time.size, 0.01)
+
+        def sample(self, coords, time, *, key, n_samples):
+            z = np.asarray(jax.random.normal(key, (n_samples, time.size)))
+            return field(coords, time) + 1e-3 * z
+
+    monkeypatch.setattr(accuracy, "fit_kriging", lambda obs, key: Exact())
+    r = accuracy.score_kriging(jax.random.key(0), None, truth, n_unc=30, draws=5)
+    assert r["n_draws"] == 5 and r["vrmse"] < 1e-6
+    # Draws at the truth's own points (to 1e-3): scores near 0, every quantile interval tiny.
+    assert 0 < r["energy_score"] < 0.01 and 0 <= r["variogram_score"] < 0.1
+    assert 0 <= r["coverage_50_quantile"] <= r["coverage_90_quantile"] <= 1
+
+
+def test_tables_print_the_multivariate_scores_and_the_draw_count():
+    from benchmarks import tables
+
+    def fig(v):
+        return {"mean": v, "std": 0.0, "values": [v]}
+
+    sampler = {"vrmse": fig(0.05), "coverage_50": fig(0.5), "coverage_90": fig(0.9), "crps": fig(0.6),
+               "coverage_50_quantile": fig(0.4), "coverage_90_quantile": fig(0.75), "n_draws": fig(8),
+               "energy_score": fig(12.5), "variogram_score": fig(4800.0)}
+    cell = {"setting": 1, "rho": 0.01, "n_test": 1, "multivariate_points": 400,
+            "methods": {"mmps": sampler, "kriging": dict(sampler), "linear": {"vrmse": fig(0.2)}}}
+    text = "\n".join(tables.main_table("ocean", [cell]))
+    assert "[quantile 0.40 / 0.75, 8 draws]" in text
+    assert "Multivariate scores on ocean" in text and "at most 400 points per frame" in text
+    assert "| **MMPS (default)** | 12.50 / 4800 [8] |" in text and "| kriging (GPJax) | 12.50 / 4800 [8] |" in text
+    old = {"setting": 1, "rho": 0.01, "n_test": 1, "methods": {"mmps": {"vrmse": fig(0.05)}}}
+    assert "Multivariate" not in "\n".join(tables.main_table("ocean", [old]))  # files from before: no table
