@@ -34,6 +34,13 @@ from .guided import GuidedConfig, sample_posterior, union_times
 
 SAMPLERS = ("mmps", "mpdps", "dps", "gp")
 DEFAULT_SAMPLER = "mmps"
+# Posterior draws per chain by default (`reconstruct`, `sdift reconstruct`). The equal-tailed
+# quantile intervals an analyst takes from S draws (ArviZ's ETI) are too narrow even for a
+# calibrated posterior: the nominal 90% interval covers about 0.72 of the truths at 8 draws, 0.81
+# at 16, 0.85 at 32, 0.87 at 64 (Gaussian posterior, simulated). 32 is where that shortfall is down
+# to about 5 points, at about 40 s on one CPU core for the shipped ocean example (about 1.3 s per
+# draw); the Student-t predictive intervals of `evaluate` are nominal at any draw count.
+DEFAULT_DRAWS = 32
 # Observation values further than this many training stds from the training mean are refused as
 # a units mistake unless the caller raises it (`max_abs_zscore`): km/s for m/s is 64 stds away on
 # the ocean run (issue 16), while its training fields span -1.4 .. 1.6 stds.
@@ -308,7 +315,7 @@ def reconstruct(
     *,
     key: PRNGKeyArray,
     sampler: str = DEFAULT_SAMPLER,
-    draws: int = 8,
+    draws: int = DEFAULT_DRAWS,
     chains: int = 1,
     times: Sequence[float] | None = None,
     grids: Mapping[str, Any] | None = None,
@@ -336,7 +343,10 @@ def reconstruct(
     - `sampler`: `"mmps"` (default: moment-matching posterior sampling, the Tweedie covariance of
       the whole sequence), `"mpdps"` / `"dps"` (the paper's samplers), or `"gp"` (FTM + GP
       temporal prior, exact); `sampler_config` says what each stands for.
-    - `draws`, `chains`: draws per chain and independent chains.
+    - `draws`, `chains`: draws per chain (default `DEFAULT_DRAWS` = 32, so that quantile
+      intervals of the draws are near nominal: 0.85 for a 90% interval of a calibrated posterior,
+      against 0.72 at 8 draws; cost grows linearly, about 1.3 s per draw for the shipped ocean
+      example on one core) and independent chains.
     - `times`: physical output times (default: the training time stamps). Any times: the
       sampler's grid is the union of these and the observation times.
     - `grids`: mapping space dim -> physical coordinates of the output grid (default: training

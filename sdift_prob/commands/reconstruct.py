@@ -59,7 +59,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cg-steps", type=int, default=None,
                    help="mmps: conjugate-gradient iterations per guided estimate (default "
                         f"{_default_cg_steps()}; each costs about one denoiser evaluation)")
-    p.add_argument("--draws", type=int, default=8, help="posterior draws per chain")
+    p.add_argument("--draws", type=int, default=_default_draws(),
+                   help="posterior draws per chain (default %(default)s: the 90%% quantile interval of a "
+                        "calibrated posterior's draws then covers about 85%%, against 72%% at 8 draws; cost is "
+                        "linear, about 1.3 s per draw for the shipped ocean example on one core)")
     p.add_argument("--chains", type=int, default=1, help="independent chains")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
     p.add_argument("--times", default=None, help="comma-separated physical output times (default: training times)")
@@ -151,6 +154,12 @@ def run(args: argparse.Namespace) -> int:
            f"wrote {out} ({args.sampler}, {args.chains} x {args.draws} draws, {wall:.1f} s sampling)\n"
            + summary_text(summary))
     return 0
+
+
+def _default_draws() -> int:
+    from inference.reconstruct import DEFAULT_DRAWS
+
+    return DEFAULT_DRAWS
 
 
 def _default_cg_steps() -> int:
