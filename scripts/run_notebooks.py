@@ -7,8 +7,9 @@
 Each notebook runs in its own process (and Jupyter kernel) with the environment of this command,
 at full settings (`SDIFT_QUICK` removed) unless `--quick` is given or `SDIFT_QUICK=1` is set (a
 smoke test of this script, said in the log and the notebook's metadata; do not commit its
-outputs), and without `MPLBACKEND` (the kernel's inline backend is what stores the figures). The working directory of the kernel is a fresh
-temporary folder, so files a notebook writes do not land in the repository.
+outputs), and without `MPLBACKEND` (the kernel's inline backend is what stores the figures). The
+working directory of the kernel is a fresh temporary folder, so files a notebook writes do not land
+in the repository.
 
 A notebook is replaced only when every cell ran without error and within `--timeout` seconds
 (for the whole notebook): the executed copy is written to a temporary file beside it and renamed

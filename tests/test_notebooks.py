@@ -19,7 +19,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
 
     for name, value in JAX_CACHE_ENV.items():
         monkeypatch.setenv(name, os.environ.get(name, value))
-    nb = nbformat.read(path, as_version=4)
+    nb = nbformat.read(path, as_version=4)  # an in-memory copy: the stored notebook is never written
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError on the first failing cell
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
