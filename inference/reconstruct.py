@@ -138,19 +138,11 @@ class Run:
 SLOT_MULTIPLE = 8
 
 
-def _pad_slots(padded: PaddedObservations, multiple: int = SLOT_MULTIPLE) -> PaddedObservations:
-    """`padded` with masked slots appended up to a multiple of `multiple` points per frame."""
-    M, P = np.asarray(padded.mask).shape
-    extra = -P % multiple
-    if extra == 0:
-        return padded
-
-    def grow(a: Any, fill: float) -> np.ndarray:
-        a = np.asarray(a)
-        return np.concatenate([a, np.full((M, extra, *a.shape[2:]), fill, dtype=a.dtype)], axis=1)
-
-    return PaddedObservations(times=padded.times, values=grow(padded.values, 0.0), coords=grow(padded.coords, 0.0),
-                              noise_scale=grow(padded.noise_scale, 1.0), mask=grow(padded.mask, False))
+def _slots(obs: ObservationSet, times: np.ndarray) -> int:
+    """Padded points per frame for `obs` on `times`: the most at one time stamp, rounded up to a
+    multiple of `SLOT_MULTIPLE`."""
+    needed = int(np.asarray(obs.to_padded(times).mask).shape[1])
+    return -(-needed // SLOT_MULTIPLE) * SLOT_MULTIPLE
 
 
 def _representation_error(run: Run, representation_error: Any) -> tuple[float, str]:
@@ -434,7 +426,7 @@ def reconstruct(
 
     # The padded observations in normalised field units; a frame without points is all-masked.
     if conditioned:
-        padded_phys = _pad_slots(obs.to_padded(grid_times))
+        padded_phys = obs.to_padded(grid_times, _slots(obs, grid_times))
     else:
         K = len(run.space_dims)
         padded_phys = PaddedObservations(
@@ -544,7 +536,7 @@ def reconstruct(
                                 basis_error_known=not rep_source.startswith("unknown"))
 
     if conditioned:
-        obs_order = report.observation_order(obs, grid_times)
+        obs_order = report.observation_order(obs, grid_times, padded_phys.mask.shape[1])
         model_sigma = sigma_y if sigma_norm_draws is None else None
         k_pred = jax.random.fold_in(key, 1)
         common = dict(likelihood=likelihood, sigma_draws=sigma_norm_draws, sigma=model_sigma,
