@@ -249,3 +249,39 @@ def test_bad_constraint_inputs_name_the_argument(prior, rep, decoder):
         prep([Bounds(lo=0.0, scale=1.0)], config=GuidedConfig(sigma_y=0.1, num_steps=4, guidance="reference"))
     # a Fisher-rule config accepts them
     assert len(prep([Bounds(lo=0.0, scale=1.0)], config=GuidedConfig(sigma_y=0.1, guidance=Fisher())).constraints) == 1
+
+
+def test_cli_dynamics_reads_the_recorded_physics_or_says_where_it_is_missing(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    import xarray as xr
+
+    from sdift_prob import cli, pretrained
+    from sdift_prob.data.simulate.fluid2d import KolmogorovStep, fluid2d_dynamics
+
+    bundle = pretrained.path("fluid2d")
+    seen = {}
+
+    def fake_reconstruct(run, obs, *, constraints, **kwargs):
+        seen["constraints"] = constraints
+        raise InputError("MARKER: reached the sampler")
+
+    rec = importlib.import_module("inference.reconstruct")
+    monkeypatch.setattr(rec, "open_run", lambda *a, **k: None)
+    monkeypatch.setattr(rec, "reconstruct", fake_reconstruct)
+    args = ["reconstruct", str(bundle / "run"), str(bundle / "obs_rho3pct.nc"), "--out", str(tmp_path / "p.nc")]
+    # the shipped observation set records no source collection
+    assert cli.main(args + ["--dynamics", "fluid2d", "--dynamics-scale", "0.4"]) == 1
+    assert "--dynamics-source" in capsys.readouterr().err
+    assert cli.main(args + ["--dynamics-scale", "0.4"]) == 1
+    err = capsys.readouterr().err
+    assert "--dynamics-scale" in err and "only with --dynamics" in err
+    assert cli.main(args + ["--dynamics", "fluid2d", "--dynamics-scale", "0.4", "--dynamics-source",
+                            str(bundle / "test_trajectory.nc")]) == 1
+    assert "MARKER" in capsys.readouterr().err
+    (dyn,) = seen["constraints"]
+    assert isinstance(dyn.step_fn, KolmogorovStep) and dyn.scale == 0.4 and dyn.dt == 0.01
+    with pytest.raises(InputError, match="collection"):
+        fluid2d_dynamics(xr.Dataset(attrs={"simulator": "fluid2d"}), 0, scale=1.0)
+    with pytest.raises(InputError, match="collection"):
+        fluid2d_dynamics(xr.Dataset(attrs={"simulator": "ocean"}), 0, scale=1.0)
