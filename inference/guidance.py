@@ -30,7 +30,7 @@ with its defaults.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -39,7 +39,7 @@ from jaxtyping import Array, Float
 
 from sdift_prob.errors import bad_input
 
-__all__ = ["GuidanceRule", "MomentMatching", "Fisher", "Reference", "as_guidance_rule", "moment_matching_update", "isotropic_tweedie_variance", "safe_ratio"]
+__all__ = ["GuidanceRule", "MomentMatching", "Fisher", "Reference", "as_guidance_rule", "moment_matching_update", "ExtraGroup", "isotropic_tweedie_variance", "safe_ratio"]
 
 
 class GuidanceRule(eqx.Module):
@@ -125,31 +125,55 @@ def isotropic_tweedie_variance(sigma: Array, sigma_data: float) -> Array:
     return sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
 
 
-def _pcg(op: Callable[[Array], tuple[Array, Array]], precond: Callable[[Array], Array], b: Array, steps: int) -> Array:
-    """`steps` preconditioned conjugate-gradient iterations for `op(v)[0] = b` from `v = 0` (op
-    and `precond` ≈ op⁻¹ symmetric positive definite). `op` also returns a linear image `T p` of
-    its argument; `Σ α_k T p_k = T v` is accumulated alongside the iterate and returned instead
-    of `v`, which saves the denoiser JVP that computing `T v` afterwards would cost."""
+def _dot(a: Any, b: Any) -> Array:
+    """`Σ a·b` over the leaves of two pytrees of the same structure (one array: `jnp.sum(a * b)`)."""
+    terms = [jnp.sum(x * y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
 
-    def body(carry: tuple[Array, ...], _: None) -> tuple[tuple[Array, ...], None]:
+
+def _pcg(op: Callable[[Any], tuple[Any, Array]], precond: Callable[[Any], Any], b: Any, steps: int) -> Array:
+    """`steps` preconditioned conjugate-gradient iterations for `op(v)[0] = b` from `v = 0` (op
+    and `precond` ≈ op⁻¹ symmetric positive definite; `v`, `b` arrays or pytrees of them). `op`
+    also returns a linear image `T p` of its argument; `Σ α_k T p_k = T v` is accumulated
+    alongside the iterate and returned instead of `v`, which saves the denoiser JVP that
+    computing `T v` afterwards would cost."""
+    tmap = jax.tree.map
+
+    def body(carry: tuple[Any, ...], _: None) -> tuple[tuple[Any, ...], None]:
         tv, r, p, rz, going = carry
         ap, tp = op(p)
-        pap = jnp.sum(p * ap)
+        pap = _dot(p, ap)
         # op = I + S with S ⪰ 0 in theory; a learned denoiser's Jacobian is neither symmetric nor
         # positive, and a direction with pᵀ op p < pᵀ p (negative curvature of S) would send CG
         # far along it. Stop there, keeping the iterate so far (truncated CG, as Steihaug's).
-        going = going & (pap >= jnp.sum(p * p))
+        going = going & (pap >= _dot(p, p))
         alpha = jnp.where(going, safe_ratio(rz, pap), 0.0)
-        r = r - alpha * ap
+        r = tmap(lambda r_, ap_: r_ - alpha * ap_, r, ap)
         z = precond(r)
-        rz_new = jnp.sum(r * z)
-        return (tv + alpha * tp, r, z + safe_ratio(rz_new, rz) * p, rz_new, going), None
+        rz_new = _dot(r, z)
+        beta = safe_ratio(rz_new, rz)
+        return (tv + alpha * tp, r, tmap(lambda z_, p_: z_ + beta * p_, z, p), rz_new, going), None
 
     _, t_shape = jax.eval_shape(op, b)
     z = precond(b)
-    init = (jnp.zeros(t_shape.shape, t_shape.dtype), b, z, jnp.sum(b * z), jnp.array(True))
+    init = (jnp.zeros(t_shape.shape, t_shape.dtype), b, z, _dot(b, z), jnp.array(True))
     (tv, *_), _ = jax.lax.scan(body, init, None, length=steps)
     return tv
+
+
+class ExtraGroup(NamedTuple):
+    """Observations beyond the frames' points, given as a linear operator (e.g. a constraint's
+    residual linearised at the estimate, `inference.constraints`): `forward: (M, D) -> pytree`,
+    `adjoint: pytree -> (M, D)` its transpose, `residual` (pytree, the pseudo-observation minus
+    the prediction at x̂0) and `weight` (pytree of precisions broadcastable to the residual)."""
+
+    forward: Callable[[Array], Any]
+    adjoint: Callable[[Any], Array]
+    residual: Any
+    weight: Any
 
 
 def moment_matching_update(
@@ -162,6 +186,7 @@ def moment_matching_update(
     weight: Float[Array, "K M P"],
     cg_steps: int,
     precond: Callable[[Array], Array] | None = None,
+    extra: ExtraGroup | None = None,
 ) -> Float[Array, "M D"]:
     """The moment-matched correction `x̂0' − x̂0 = V Bᵀ (W⁻¹ + B V Bᵀ)⁻¹ r̃`.
 
@@ -179,6 +204,8 @@ def moment_matching_update(
     - `cg_steps`: CG iterations.
     - `precond`: an SPD approximation of the whitened system's inverse, `(K, M, P) -> (K, M, P)`
       (e.g. a bound `inference.preconditioners.AnchoredPreconditioner`); None: plain CG.
+    - `extra`: an `ExtraGroup` of linear pseudo-observations (constraints) solved jointly with
+      the points (the preconditioner acts on the points only); None: the points alone.
 
     **Returns:** the correction `(M, D)`.
 
@@ -202,4 +229,19 @@ def moment_matching_update(
         cv = cov(adjoint(sw * v))
         return v + sw * forward(cv), cv
 
-    return _pcg(op, (lambda r: r) if precond is None else precond, sw * residual, cg_steps)
+    if extra is None:
+        return _pcg(op, (lambda r: r) if precond is None else precond, sw * residual, cg_steps)
+
+    tmap = jax.tree.map
+    esw = tmap(lambda w, r: jnp.broadcast_to(jnp.sqrt(w), r.shape), extra.weight, extra.residual)
+
+    def op_joint(v: tuple[Array, Any]) -> tuple[tuple[Array, Any], Array]:
+        vo, ve = v
+        cv = cov(adjoint(sw * vo) + extra.adjoint(tmap(jnp.multiply, esw, ve)))
+        return (vo + sw * forward(cv), tmap(lambda a, s, f: a + s * f, ve, esw, extra.forward(cv))), cv
+
+    def precond_joint(r: tuple[Array, Any]) -> tuple[Array, Any]:
+        return (r[0] if precond is None else precond(r[0])), r[1]
+
+    rhs = (sw * residual, tmap(jnp.multiply, esw, extra.residual))
+    return _pcg(op_joint, precond_joint, rhs, cg_steps)

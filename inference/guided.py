@@ -54,7 +54,7 @@ estimate, and one with a rate near zero under many counts would otherwise send a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -72,7 +72,9 @@ from sdift_prob.gpsd.edm import EDMConfig, karras_sigmas
 from sdift_prob.parallel import DRAWS_AXIS, TRAJECTORY_AXIS, device_count
 from sdift_prob.parallel import mesh as device_mesh
 
+from .constraints import Constraint, FieldDecoder, bind_constraints
 from .guidance import (
+    ExtraGroup,
     Fisher,
     GuidanceRule,
     MomentMatching,
@@ -298,7 +300,9 @@ class GuidedProblem(eqx.Module):
     `anchor_energy (R,)`, `anchor_profiles (A, R)`: the prior variances λ along the principal
     axes U (one isotropic axis of variance σ_data² without a `PriorSpectrum`), each axis's share
     of the whitened Gram's trace, and the anchors' profiles `h_a`; `sigma_y0`: the starting σ_y;
-    `core_shape`: `(R1, .., RK)`.
+    `core_shape`: `(R1, .., RK)`; `constraints`: the active constraints bound to the grid's
+    times (`inference.constraints`; empty: none), `decoder` the `FieldDecoder` they see the
+    frames through and `constraint_times (M,)` the frames' times they are given.
     """
 
     design: Float[Array, "M P D"]
@@ -321,6 +325,9 @@ class GuidedProblem(eqx.Module):
     sigma_y0: Float[Array, ""]
     core_shape: tuple[int, ...] = eqx.field(static=True)
     preconditioner: str = eqx.field(static=True, default="none")
+    constraints: tuple[Constraint, ...] = ()
+    decoder: FieldDecoder | None = None
+    constraint_times: Float[Array, " M"] | None = None
 
     @property
     def num_frames(self) -> int:
@@ -511,6 +518,8 @@ def prepare(
     config: GuidedConfig,
     core_shape: tuple[int, ...] | None = None,
     prior_spectrum: PriorSpectrum | None = None,
+    constraints: Sequence[Constraint] | None = None,
+    decoder: FieldDecoder | None = None,
 ) -> GuidedProblem:
     """Validate the inputs and precompute what every step needs.
 
@@ -532,6 +541,11 @@ def prepare(
     - `prior_spectrum`: principal axes and variances of the prior's per-frame core covariance
       (`PriorSpectrum`, normalised core units), for the MMPS preconditioner's anchors; None: the
       isotropic anchor only (a prior white in space with variance `σ_data²`).
+    - `constraints`: `inference.constraints` objects (`Residual`, `Bounds`, `Dynamics`) acting on
+      every frame as likelihood terms (None or empty: none; zero-weight ones are dropped, so the
+      sampler is then exactly the unconstrained one); `decoder`: the `FieldDecoder` that maps
+      FTM cores to the frames they see (needed with an active constraint). They see the frames
+      at the physical times `padded.times`. Not with `guidance="reference"`.
 
     **Returns:** a `GuidedProblem`.
     """
@@ -575,6 +589,11 @@ def prepare(
         sigma_prior_scale=config.sigma_prior_scale, **_likelihood_kwargs(config),
     )
     _check_float32_range(pad, config)
+    bound = bind_constraints(constraints, decoder, np.asarray(padded.times, np.float64), core_shape,
+                             float(core_mean), jnp.result_type(float))
+    if bound and isinstance(config.guidance, Reference):
+        raise bad_input("constraints", "none with guidance='reference' (constraints enter as likelihood terms of the "
+                        "'mmps' or 'fisher' rules)", [type(c).__name__ for c in bound])
     n_obs = int(np.asarray(pad.mask).sum())
     if config.infer_sigma and n_obs < 2:
         raise bad_input("padded", "at least 2 observed points to infer sigma_y", f"{n_obs} observed points")
@@ -637,6 +656,8 @@ def prepare(
         obs_eig_vecs=obs_vecs, anchor_variances=anchors[2], anchor_energy=anchors[3], anchor_profiles=anchors[4],
         preconditioner=preconditioner,
         sigma_y0=jnp.asarray(sigma0, dtype), core_shape=core_shape,
+        constraints=bound, decoder=decoder if bound else None,
+        constraint_times=jnp.asarray(np.asarray(padded.times, np.float64), dtype) if bound else None,
     )
 
 
@@ -856,7 +877,39 @@ def _fisher_estimate(
     else:
         delta = r2 * pv
     delta = zeta * delta
+    if problem.constraints:
+        delta = delta + zeta * _constraint_gauss_newton(x0 + delta, r2, problem)
     return x0 + delta, delta
+
+
+def _constraint_residuals(x: Array, problem: GuidedProblem) -> tuple[Array, ...]:
+    """Every active constraint's residual at the state `x (M, D)` (normalised core units),
+    through the decoder: `W = core_mean + core_std · x`, frames = decoder(W)."""
+    W = _to_cores(x, problem).reshape((x.shape[0], *problem.core_shape))
+    frames = problem.decoder(W)
+    return tuple(c.residual(frames, problem.constraint_times, problem.decoder.coords) for c in problem.constraints)
+
+
+def _constraint_group(x0: Array, problem: GuidedProblem) -> ExtraGroup:
+    """The constraints linearised at `x0`: `r(x0 + δ) ≈ r(x0) + J δ` (one `jax.linearize`, its
+    transpose for `Jᵀ`), as pseudo-observations `0 = r` with precision `weight / scale²`."""
+    r0, forward = jax.linearize(lambda z: _constraint_residuals(z, problem), x0)
+    transpose = jax.linear_transpose(forward, x0)
+    weights = tuple(jnp.asarray(c.precision, x0.dtype) for c in problem.constraints)
+    return ExtraGroup(forward=forward, adjoint=lambda u: transpose(u)[0], residual=tuple(-r for r in r0),
+                      weight=weights)
+
+
+def _constraint_gauss_newton(x1: Array, r2: Array, problem: GuidedProblem) -> Array:
+    """Gauss-Newton step of the constraints' potential from `x1` under the isotropic prior
+    `N(x1, r² I)`, along the gradient `g = −Jᵀ P r`: `δ = r² g / (1 + r² c)` with the curvature
+    `c = ‖J g‖²_P / ‖g‖²` along it (the exact minimiser along g for a linear residual)."""
+    group = _constraint_group(x1, problem)
+    g = group.adjoint(tuple(w * r for w, r in zip(group.weight, group.residual)))
+    jg = group.forward(g)
+    curv = sum(jnp.sum(w * j**2) for w, j in zip(group.weight, jg))
+    gg = jnp.sum(g**2)
+    return safe_ratio(r2 * gg, gg + r2 * curv) * g
 
 
 def _mmps_estimate(
@@ -899,7 +952,7 @@ def _mmps_estimate(
         precond = lambda r: inverse(r, anchor, c)  # noqa: E731
     delta = moment_matching_update(
         jvp, sigma, cov_t, design, jnp.stack([g[0] for g in groups]), jnp.stack(residuals), jnp.stack(weights),
-        config.guidance.cg_steps, precond,
+        config.guidance.cg_steps, precond, _constraint_group(x0, problem) if problem.constraints else None,
     )
     delta = zeta * delta
     return x0 + delta, delta
@@ -1138,6 +1191,8 @@ def sample_posterior(
     chunk_size: int | None = None,
     progress: bool = False,
     devices: int | None = None,
+    constraints: Sequence[Constraint] | None = None,
+    decoder: FieldDecoder | None = None,
 ) -> tuple[Float[np.ndarray, "num_draws M *R"], dict[str, np.ndarray]]:
     """Draw core sequences from the guided posterior (DPS or MPDPS).
 
@@ -1170,6 +1225,8 @@ def sample_posterior(
       int. A chunk is padded up to a multiple of the device count (the extra chains are
       discarded); the draws equal the 1-device draws to float32 rounding (XLA may order the
       per-device batch's dots and convolutions differently; often bitwise).
+    - `constraints`, `decoder`: physical constraints on the decoded frames and the decoder they
+      see them through (`prepare`, `inference.constraints`).
 
     **Returns:** `(draws, info)`: `draws` NumPy `(num_draws, M, R1, .., RK)` in FTM core units;
     `info` a dict of NumPy arrays: `sigma_y (num_draws,)` final noise level (the fixed value when
@@ -1188,7 +1245,8 @@ def sample_posterior(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise bad_input("chunk_size", "an integer >= 1 or None", chunk_size)
     problem = prepare(design, padded, core_mean=core_mean, core_std=core_std, times_norm=times_norm,
-                      noise_chol=noise_chol, config=config, core_shape=core_shape, prior_spectrum=prior_spectrum)
+                      noise_chol=noise_chol, config=config, core_shape=core_shape, prior_spectrum=prior_spectrum,
+                      constraints=constraints, decoder=decoder)
     n_dev = _draw_devices(devices)
     keys = jax.random.split(key, int(num_draws))
     chunk = min(int(chunk_size), int(num_draws))

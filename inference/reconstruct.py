@@ -322,6 +322,8 @@ def reconstruct(
     checks: str = "raise",
     max_abs_zscore: float = DEFAULT_MAX_ABS_ZSCORE,
     max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+    constraints: Sequence[Any] | None = None,
+    constraint_grids: Mapping[str, Any] | None = None,
 ) -> Any:
     """Posterior of the full-field evolution of one trajectory given sparse observations.
 
@@ -370,6 +372,14 @@ def reconstruct(
       training mean are refused as a units mistake (default 20).
     - `max_memory_gb`: a run whose field draws and observation design rows need more than this
       (`memory_estimate`) is refused before sampling (default 8).
+    - `constraints`: physical constraints on the decoded field (`inference.constraints`:
+      `Residual`, `Bounds`, `Dynamics`; e.g. `sdift_prob.data.simulate.fluid2d.fluid2d_dynamics`),
+      in physical units, entering the guided samplers like likelihood terms on every sampler
+      frame, observed or not (the union of the output and observation times, at their physical
+      times). Not with `sampler="gp"`. Zero-weight ones are ignored. What was used and the cost
+      per draw are in `attrs["constraints"]`.
+    - `constraint_grids`: mapping space dim -> physical coordinates of the grid the constraints
+      see the frames on (default: the training grid; a `Dynamics` solver needs its own grid).
 
     What the run did (noise level used and why, points and frames with data, time range against
     the training range) is in the attrs `noise`, `data`, `time_range`, `observations`;
@@ -396,6 +406,10 @@ def reconstruct(
         raise bad_input("message_kernel", "'reference' or 'fitted'", message_kernel)
     if sampler != "gp" and run.prior is None:
         raise InputError(f"run: no trained prior in {run.path}; run `sdift train-prior` or use sampler='gp'")
+    active = _active_constraints(constraints)
+    if active and sampler == "gp":
+        raise bad_input("constraints", "none with sampler='gp' (its posterior is the conjugate GP one); use a guided "
+                        "sampler ('mmps', 'dps', 'mpdps')", [type(c).__name__ for c in active])
 
     ftm = run.ftm
     normalizer = ftm.normalizer
@@ -485,21 +499,36 @@ def reconstruct(
         prior = run.prior
         if message_kernel == "fitted":
             base = dataclasses.replace(base, message_kernel=run.fitted_message_kernel)
-        # Without data the draws are the prior's: no guidance at all (ζ = 0, the cheap rule).
-        cfg = dataclasses.replace(
-            base, likelihood=likelihood, sigma_y=sigma_y, infer_sigma=infer_sigma,
-            likelihood_params=tuple(like_params.items()),
-        ) if conditioned else dataclasses.replace(base, method="dps", guidance=Fisher(), through_denoiser=False,
-                                                  corrector=None, zeta=0.0, sigma_y=1.0, infer_sigma=False)
+        # Without data the draws are the prior's: no guidance at all (ζ = 0, the cheap rule);
+        # with constraints but no data, the constraints alone guide (the padding has no weight).
+        if conditioned:
+            cfg = dataclasses.replace(base, likelihood=likelihood, sigma_y=sigma_y, infer_sigma=infer_sigma,
+                                      likelihood_params=tuple(like_params.items()))
+        elif active:
+            cfg = dataclasses.replace(base, method="dps", likelihood="gaussian", sigma_y=1.0, infer_sigma=False,
+                                      likelihood_params=())
+        else:
+            cfg = dataclasses.replace(base, method="dps", guidance=Fisher(), through_denoiser=False, corrector=None,
+                                      zeta=0.0, sigma_y=1.0, infer_sigma=False)
+        decoder = None
+        if active:
+            from .constraints import FieldDecoder
+
+            c_grids = _output_grids(run, constraint_grids, 1) if constraint_grids is not None else tuple(ftm.grids)
+            decoder = FieldDecoder.from_ftm(ftm.model, c_grids, normalizer)
         chol = prior.noise_cholesky(jnp.asarray(times_norm))
         core_draws, info = sample_posterior(
             key, prior.denoise, design, padded, core_mean=float(prior.core_mean), core_std=float(prior.core_std),
             times_norm=times_norm, noise_chol=chol, config=cfg, num_draws=n_total, core_shape=run.core_shape,
             chunk_size=chunk_size, progress=progress,
             prior_spectrum=run.prior_spectrum if isinstance(cfg.guidance, MomentMatching) else None,
+            constraints=active or None, decoder=decoder,
         )
         sigma_norm_draws = np.asarray(info["sigma_y"]) if infer_sigma else None
         settings["guided"] = cfg.to_dict()
+        if active:
+            settings["constraints"] = {"terms": [_describe_constraint(c, grid_times) for c in active],
+                                       "grid": decoder.to_dict()}
     elapsed = time.perf_counter() - started
 
     core_draws = np.asarray(core_draws, dtype=np.float32).reshape(chains, draws, M, *run.core_shape)
@@ -548,6 +577,9 @@ def reconstruct(
         "run_dir": str(run.path) if run.path is not None else "",
         "sdift_prob_version": __version__,
         "wall_time_s": elapsed,
+        "wall_time_per_draw_s": elapsed / n_total,
+        "constraints": ({**settings["constraints"], "wall_time_per_draw_s": elapsed / n_total}
+                        if "constraints" in settings else {"terms": []}),
         "units": units,
         "self_checks": {"mode": checks, "results": check_results}, **facts,  # issue 16
     }
@@ -858,6 +890,29 @@ def _before_sampling(run: Run, obs: ObservationSet, *, out_times: np.ndarray, ou
     _check_memory(estimate, max_memory_gb, draws=draws, chains=chains, n_out_times=out_times.size, n_grid=n_grid,
                   n_points=obs.n_points)
     _warn_far_times(out_times, obs, run.ftm.time_domain)
+
+
+def _active_constraints(constraints: Any) -> list[Any]:
+    """The constraints with a positive weight (checked to be `Constraint` objects)."""
+    from .constraints import Constraint
+
+    if constraints is None:
+        return []
+    if isinstance(constraints, Constraint) or not isinstance(constraints, (list, tuple)):
+        raise bad_input("constraints", "a list of Constraint objects (inference.constraints: Residual, Bounds, "
+                        "Dynamics)", type(constraints).__name__)
+    for i, c in enumerate(constraints):
+        if not isinstance(c, Constraint):
+            raise bad_input(f"constraints[{i}]", "a Constraint (Residual, Bounds, Dynamics)", type(c).__name__)
+    return [c for c in constraints if float(c.weight) > 0]
+
+
+def _describe_constraint(c: Any, grid_times: np.ndarray) -> dict[str, Any]:
+    from .constraints import Dynamics
+
+    if isinstance(c, Dynamics) and grid_times.size >= 2:
+        c = c.bind_times(grid_times)
+    return c.to_dict()
 
 
 # --- what the run did, for the attrs and `inference.summary.run_summary` (issue 16) -----------

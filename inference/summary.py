@@ -23,7 +23,8 @@ def run_summary(idata: Any) -> dict[str, Any]:
     `data` (points used, points dropped before the file was written, sampler frames with and
     without data), `time_range` (output, observations and training ranges, `extrapolated`),
     `observations` (the observation set's provenance), `self_checks` (mode, and the failed
-    checks' messages), `units`.
+    checks' messages), `units`, `wall_time_s`, `wall_time_per_draw_s` (the sampling cost per
+    draw) and `constraints` (the physical constraints used, `inference.constraints`; empty: none).
     """
     attrs = posterior_attrs(idata)
     post = idata.posterior
@@ -46,6 +47,8 @@ def run_summary(idata: Any) -> dict[str, Any]:
                         "failed": [r for r in results if not r["passed"]]},
         "units": attrs["units"].get("field") if isinstance(attrs.get("units"), dict) else attrs.get("units"),
         "wall_time_s": attrs.get("wall_time_s"),
+        "wall_time_per_draw_s": attrs.get("wall_time_per_draw_s"),
+        "constraints": (attrs.get("constraints") or {}).get("terms") or [],
     }
 
 
@@ -87,6 +90,18 @@ def summary_text(summary: dict[str, Any]) -> str:
     prov = s.get("observations") or {}
     if "trajectory" in prov:
         lines.append(f"observations of trajectory {prov['trajectory']} of {prov.get('source', '?')}")
+    terms = s.get("constraints") or []
+    if terms:
+        parts = []
+        for t in terms:
+            extra = ""
+            if t.get("solver_steps_per_gap"):
+                steps = t["solver_steps_per_gap"]
+                extra = f", {min(steps)}..{max(steps)} solver steps of dt {t['dt']:g} per gap"
+            parts.append(f"{t['name']} (scale {t['scale']:g} {units}, weight {t['weight']:g}{extra})")
+        cost = s.get("wall_time_per_draw_s")
+        lines.append("constraints: " + "; ".join(parts)
+                     + (f"; {cost:.3g} s per draw (sampling, with compilation)" if cost is not None else ""))
     checks = s.get("self_checks") or {}
     if checks.get("failed"):
         for r in checks["failed"]:

@@ -91,6 +91,22 @@ def register(subparsers: Any) -> None:
                         "(a units mistake); raise it if such values are real")
     p.add_argument("--max-memory-gb", type=float, default=8.0,
                    help="refuse, before sampling, a run whose field draws and observations need more memory")
+    p.add_argument("--dynamics", choices=("fluid2d",), default=None,
+                   help="add the known dynamics as a weak constraint on every sampler frame: fluid2d: the "
+                        "simulator's Kolmogorov-flow stepper with the trajectory's recorded viscosity, drag and "
+                        "forcing (frame(t+gap) ~ solver(frame(t)), issue 19); costly: gap/dt solver steps per "
+                        "gap, twice per CG iteration")
+    p.add_argument("--dynamics-source", default=None, metavar="FIELDS.nc",
+                   help="field collection recording the simulator's parameters (default: the observation set's "
+                        "source, as `sdift observe` records it)")
+    p.add_argument("--dynamics-trajectory", type=int, default=None,
+                   help="trajectory position in --dynamics-source (default: the observation set's trajectory "
+                        "when the source is its own, else 0)")
+    p.add_argument("--dynamics-scale", type=float, default=None,
+                   help="model error std of the dynamics residual, field units (default: the run's FTM "
+                        "representation error, the residual's size at the true trajectory's projection)")
+    p.add_argument("--dynamics-dt", type=float, default=None,
+                   help="solver step of the constraint (default: the simulator's)")
     p.add_argument("--out", required=True, metavar="POSTERIOR.nc", help="posterior file to write (netCDF)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -136,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         check_out_file(out, args.overwrite, example="posterior.nc")
         run_ = open_run(args.run_dir, require_prior=args.sampler != "gp")
         obs = ObservationSet.load(args.obs)
+        constraints = _dynamics(args, run_, obs)
         with warnings.catch_warnings():
             # already said above, as --steps; a failed self-check with --checks warn is in the summary below
             warnings.filterwarnings("ignore", message="num_steps:", category=UntestedSettingWarning)
@@ -145,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                 chains=args.chains, times=parse_float_list(args.times, "--times"), resolution=args.resolution,
                 likelihood=args.likelihood, sigma=sigma, config=config, chunk_size=_chunk_size(args),
                 progress=not args.no_progress, message_kernel=args.message_kernel, checks=args.checks,
-                max_abs_zscore=args.max_zscore, max_memory_gb=args.max_memory_gb,
+                max_abs_zscore=args.max_zscore, max_memory_gb=args.max_memory_gb, constraints=constraints,
             )
         save_posterior(idata, out, overwrite=args.overwrite)
     summary = run_summary(idata)
@@ -160,6 +177,49 @@ def _default_draws() -> int:
     from inference.reconstruct import DEFAULT_DRAWS
 
     return DEFAULT_DRAWS
+
+
+def _dynamics(args: argparse.Namespace, run_: Any, obs: Any) -> list[Any] | None:
+    """The `--dynamics` constraint, with the simulator's parameters read from the field collection
+    (`--dynamics-source`, else the observation set's recorded source); None without `--dynamics`."""
+    extras = {"--dynamics-source": args.dynamics_source, "--dynamics-trajectory": args.dynamics_trajectory,
+              "--dynamics-scale": args.dynamics_scale, "--dynamics-dt": args.dynamics_dt}
+    if args.dynamics is None:
+        given = [k for k, v in extras.items() if v is not None]
+        if given:
+            raise bad_input(given[0], "only with --dynamics", extras[given[0]])
+        return None
+    if args.sampler == "gp":
+        raise bad_input("--dynamics", "a guided sampler (--sampler mmps, dps or mpdps); gp is the conjugate GP "
+                        "posterior", args.dynamics)
+    from ..data.fields import load_fields
+    from ..data.simulate.fluid2d import fluid2d_dynamics
+
+    source, trajectory = args.dynamics_source, args.dynamics_trajectory
+    if source is None:
+        source = obs.attrs.get("source")
+        if source is None:
+            raise bad_input("--dynamics-source", "the field collection that records the simulator's parameters (the "
+                            "observation set records no source: it was not made by `sdift observe`)", None)
+        if trajectory is None:
+            trajectory = obs.attrs.get("trajectory")
+    if trajectory is None:
+        trajectory = 0
+    scale = args.dynamics_scale
+    if scale is None:
+        rep_std, rep_source = run_.representation_error
+        if rep_std <= 0:
+            raise bad_input("--dynamics-scale", f"a model error std (the run records no representation error: "
+                            f"{rep_source})", None)
+        scale = rep_std * float(run_.ftm.normalizer.std)
+    try:
+        ds = load_fields(source)
+    except (OSError, ValueError) as exc:
+        raise bad_input("--dynamics-source", "a readable fluid2d field collection", f"{source}: {exc}") from exc
+    if ds.attrs.get("simulator") != args.dynamics:
+        raise bad_input("--dynamics-source", f"a field collection of the {args.dynamics!r} simulator",
+                        f"{source} (simulator {ds.attrs.get('simulator')!r})")
+    return [fluid2d_dynamics(ds, int(trajectory), scale=scale, dt=args.dynamics_dt)]
 
 
 def _default_cg_steps() -> int:

@@ -13,6 +13,7 @@ from .fit import FTMFit as FTMFit
 from .fit import fit_ftm as fit_ftm
 from .tucker import ExtrapolationWarning as ExtrapolationWarning
 from .tucker import FunctionalTucker as FunctionalTucker
+from .tucker import basis_matrices as basis_matrices
 from .tucker import check_ranks as check_ranks
 from .tucker import decode_grid as decode_grid
 from .tucker import decode_points as decode_points

@@ -346,6 +346,25 @@ def decode_grid(
     return _decode_grid(model, core_arr, tuple(gs))
 
 
+def basis_matrices(model: FunctionalTucker, grids: Sequence[Float[ArrayLike, " _"]]) -> tuple[Array, ...]:
+    """The basis matrices `F_k = f_k(grid_k)` `(I_k, R_k)` of a grid: `decode_grid` is the K mode
+    products of the core with them (used to decode inside the sampler, e.g. for constraints).
+
+    **Arguments:** `model`; `grids`: K one-dimensional arrays of physical coordinates.
+
+    **Returns:** a tuple of K arrays `(I_k, R_k)`.
+    """
+    model = _check_model(model)
+    if isinstance(grids, (str, bytes)) or not isinstance(grids, Sequence) or len(grids) != model.n_modes:
+        raise bad_input("grids", f"a sequence of {model.n_modes} one-dimensional coordinate arrays", grids)
+    out = []
+    for k, g in enumerate(grids):
+        garr = _as_coords_1d(f"grids[{k}] ({model.space_dims[k]})", g)
+        _check_domain(model, k, garr, f"grids[{k}]")
+        out.append(_basis(model, k, garr))
+    return tuple(out)
+
+
 def design_rows(model: FunctionalTucker, coords: Float[ArrayLike, "N K"]) -> Float[Array, "N D"]:
     """The observation operator A: one Kronecker row of basis features per point.
 

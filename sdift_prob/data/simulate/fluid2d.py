@@ -195,3 +195,82 @@ def simulate_fluid2d(
         forcing=("trajectory", params[:, 2].astype(np.float64), {"long_name": "forcing strength gamma", "units": "1"}),
     )
 
+
+
+class KolmogorovStep(eqx.Module):
+    """One solver step of the simulator's Kolmogorov-flow stepper on a vorticity frame
+    `(grid, grid)`: `step(frame, dt)` (the step size is the stepper's own, fixed when it was built;
+    `dt` is accepted for the `inference.constraints.Dynamics` interface and must equal it)."""
+
+    stepper: ex.stepper.KolmogorovFlowVorticity
+    dt: float = eqx.field(static=True)
+
+    def __call__(self, frame: Float[Array, "N N"], dt: float) -> Float[Array, "N N"]:
+        if isinstance(dt, (int, float)) and not math.isclose(float(dt), self.dt, rel_tol=1e-9):
+            raise bad_input("dt", f"the stepper's step size {self.dt}", dt)
+        return self.stepper(frame[None])[0]
+
+
+def dynamics_parameters(ds: xr.Dataset, trajectory: int = 0) -> dict[str, float]:
+    """The physics of trajectory `trajectory` (position) of a `fluid2d` field collection, as the
+    simulator recorded it: `viscosity`, `drag`, `forcing` (per-trajectory coords) and the grid,
+    `domain_extent`, `forcing_mode` and solver `dt` (the `parameters` attr). `InputError`, naming
+    what is missing, for a collection that does not record them."""
+    import json
+
+    if not isinstance(ds, xr.Dataset):
+        raise bad_input("collection", "a fluid2d field collection (xr.Dataset)", type(ds).__name__)
+    if ds.attrs.get("simulator") != SIMULATOR:
+        raise bad_input("collection", f"a field collection made by the {SIMULATOR!r} simulator (attrs['simulator'])",
+                        ds.attrs.get("simulator"))
+    try:
+        params = json.loads(ds.attrs["parameters"]) if isinstance(ds.attrs.get("parameters"), str) \
+            else dict(ds.attrs["parameters"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise bad_input("collection", "the simulator's recorded parameters (attrs['parameters'], JSON)",
+                        sorted(ds.attrs)) from exc
+    missing = [k for k in ("grid", "domain_extent", "forcing_mode", "dt") if k not in params]
+    missing += [c for c in ("viscosity", "drag", "forcing") if c not in ds.coords]
+    if missing:
+        raise bad_input("collection", "the fluid2d simulator's recorded parameters", f"missing {missing}")
+    b = ds.sizes.get("trajectory", 0)
+    if isinstance(trajectory, bool) or not isinstance(trajectory, (int, np.integer)) or not 0 <= trajectory < b:
+        raise bad_input("trajectory", f"a trajectory position in [0, {b - 1}]", trajectory)
+    out = {name: float(ds.coords[name].values[int(trajectory)]) for name in ("viscosity", "drag", "forcing")}
+    out.update(grid=int(params["grid"]), domain_extent=float(params["domain_extent"]),
+               forcing_mode=int(params["forcing_mode"]), dt=float(params["dt"]))
+    return out
+
+
+def fluid2d_dynamics(ds: xr.Dataset, trajectory: int = 0, *, scale: float, dt: float | None = None,
+                     weight: float = 1.0, **overrides: float) -> object:
+    """An `inference.constraints.Dynamics` constraint with the simulator's own stepper and the
+    trajectory's recorded physics (`dynamics_parameters`).
+
+    **Arguments:**
+
+    - `ds`: the fluid2d field collection (e.g. the bundle's `test_trajectory.nc`).
+    - `trajectory`: position of the trajectory in `ds`.
+    - `scale`: model error std of the residual `frame(t_{j+1}) − Φ(frame(t_j))` (vorticity units).
+    - `dt`: solver step of the constraint (default: the simulator's; larger is cheaper, within
+      the solver's stability).
+    - `weight`: precision multiplier.
+    - `overrides`: replace recorded parameters (`viscosity`, `drag`, `forcing`), e.g. to try
+      another value of an unknown one.
+
+    **Returns:** `Dynamics(KolmogorovStep(...), dt, scale, weight)`.
+    """
+    from inference.constraints import Dynamics
+
+    p = dynamics_parameters(ds, trajectory)
+    bad = sorted(set(overrides) - {"viscosity", "drag", "forcing"})
+    if bad:
+        raise bad_input("overrides", "only viscosity, drag, forcing", bad)
+    for k, v in overrides.items():
+        p[k] = check_range(k, v, lo=0.0, lo_open=k == "viscosity")
+    step = p["dt"] if dt is None else check_range("dt", dt, lo=0.0, lo_open=True)
+    stepper = ex.stepper.KolmogorovFlowVorticity(
+        2, p["domain_extent"], p["grid"], step, diffusivity=p["viscosity"], drag=-p["drag"],
+        injection_mode=p["forcing_mode"], injection_scale=p["forcing"],
+    )
+    return Dynamics(KolmogorovStep(stepper, float(step)), dt=float(step), scale=scale, weight=weight)
