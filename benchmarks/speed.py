@@ -10,7 +10,8 @@ timed over `--repeats` calls (the minimum is reported). Sections:
   end-to-end `reconstruct` (decode, log-likelihood, predictive, InferenceData) for 1 and 16;
   peak resident memory of a fresh process per draw count.
 - `guided_vs_unconditional`: 16 draws of MPDPS, DPS and the prior's unconditional sampler.
-- `sampler_cost`: 16 draws of the default sampler (MMPS) at 1/2/3/5 CG iterations beside the
+- `sampler_cost`: 16 draws of the default sampler (MMPS) at 2/3/5 CG iterations (and 3 with the
+  isotropic preconditioner only, `a1`) beside the
   paper's MPDPS and DPS, one process, side by side (ratios to MPDPS).
 - `observations`: 10² … 10⁵ observed points (4 draws), with the one-off `prepare` cost apart.
 - `time_stamps`: T, 2T, 4T frames over the same time span (4 draws, same points per frame).
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     if "sampler_cost" in want:
-        variants = ("mpdps", "dps", "mmps_cg1", "mmps_cg2", "mmps_cg3", "mmps_cg5")
+        variants = ("mpdps", "dps", "mmps_cg2", "mmps_cg3", "mmps_cg3_a1", "mmps_cg5")
         costs = {v: _timed(guided(run, prior, inputs, key, 16, method=v), args.repeats) for v in variants}
         res["sampler_cost"] = {"draws": 16, "default": "mmps_cg3", "seconds": {v: c["seconds"] for v, c in costs.items()},
                                "compile_s": {v: c["compile_s"] for v, c in costs.items()},

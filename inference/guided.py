@@ -1024,10 +1024,14 @@ def init(key: PRNGKeyArray, problem: GuidedProblem) -> GuidedState:
 
 
 def _step(
-    key: PRNGKeyArray, state: GuidedState, denoise: Denoiser, problem: GuidedProblem, config: GuidedConfig
+    key: PRNGKeyArray, state: GuidedState, denoise: Denoiser, problem: GuidedProblem, config: GuidedConfig,
+    i: Array | None = None,
 ) -> tuple[GuidedState, GuidedInfo]:
     M, D = problem.num_frames, problem.core_size
-    i = state.step
+    # The step index from the scan rather than the state: shared by all chains of a vmap, it
+    # keeps the noise level and the preconditioner anchor chosen from it unbatched, so the
+    # anchor's eigenbasis is sliced once, not gathered per chain (4x the sampler's time).
+    i = state.step if i is None else i
     sig, sig_next = problem.sigmas[i], problem.sigmas[i + 1]
     k_churn, k_sigma = jax.random.split(key)
     k_corr = jax.random.fold_in(key, 2)  # a third stream that leaves the first two as they were
@@ -1130,7 +1134,7 @@ def _run_chain(
     state = init(k_init, problem)
 
     def body(state: GuidedState, i: Array) -> tuple[GuidedState, GuidedInfo]:
-        return _step(jax.random.fold_in(k_steps, i), state, denoise, problem, config)
+        return _step(jax.random.fold_in(k_steps, i), state, denoise, problem, config, i)
 
     return jax.lax.scan(body, state, jnp.arange(config.num_steps))
 
