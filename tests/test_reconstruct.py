@@ -122,7 +122,7 @@ def test_cli_observe_reconstruct_evaluate(pipeline, capsys):
     obs_file, post = root / "obs.nc", root / "posterior.nc"
     assert cli.main(["observe", str(pipeline["data"]), "--trajectory", str(pipeline["index"]), "--rho", "0.1",
                      "--noise-scale", "0.5", "--seed", "1", "--out", str(obs_file)]) == 0
-    assert cli.main(["reconstruct", str(pipeline["run_dir"]), str(obs_file), "--draws", "2", "--steps", "6",
+    assert cli.main(["reconstruct", str(pipeline["run_dir"]), str(obs_file), "--draws", "2", "--steps", "8",
                      "--sigma", "0.5", "--out", str(post)]) == 0
     idata = load_posterior(post)
     assert idata.posterior["field"].shape[:2] == (1, 2)
