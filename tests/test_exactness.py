@@ -98,8 +98,10 @@ def test_messages_on_top_of_moment_matching_count_the_data_twice(prior):
 def test_guidance_rules_and_their_errors():
     assert isinstance(as_guidance_rule("mmps"), MomentMatching)
     assert isinstance(GuidedConfig(sigma_y=0.1, guidance="fisher").guidance, Fisher)
-    assert GuidedConfig(sigma_y=0.1, guidance=MomentMatching(4)).to_dict()["guidance_rule"] == {"name": "mmps", "precondition": True,
-                                                                                               "cg_steps": 4}
+    assert GuidedConfig(sigma_y=0.1, guidance=MomentMatching(4)).to_dict()["guidance_rule"] == {
+        "name": "mmps", "precondition": True, "cg_steps": 4, "anchors": 4}
+    with pytest.raises(InputError, match="anchors"):
+        MomentMatching(anchors=0)
     with pytest.raises(InputError, match="guidance"):
         GuidedConfig(sigma_y=0.1, guidance="tweedie")
     with pytest.raises(InputError, match="cg_steps"):
