@@ -24,7 +24,7 @@ from inference.reconstruct import open_run
 from sdift_prob import pretrained
 from sdift_prob.io import write_json
 
-DEFAULT_VARIANTS = ("mmps_cg3", "mmps_cg3_a1", "mpdps", "mmps_cg2")
+DEFAULT_VARIANTS = ("mmps_cg3_a4", "mmps_cg3", "mpdps", "mmps_cg2_a4")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,7 +11,7 @@ timed over `--repeats` calls (the minimum is reported). Sections:
   peak resident memory of a fresh process per draw count.
 - `guided_vs_unconditional`: 16 draws of MPDPS, DPS and the prior's unconditional sampler.
 - `sampler_cost`: 16 draws of the default sampler (MMPS) at 2/3/5 CG iterations (and 3 with the
-  isotropic preconditioner only, `a1`) beside the
+  preconditioner along the prior's spectrum, `a4`) beside the
   paper's MPDPS and DPS, one process, side by side (ratios to MPDPS).
 - `observations`: 10² … 10⁵ observed points (4 draws), with the one-off `prepare` cost apart.
 - `time_stamps`: T, 2T, 4T frames over the same time span (4 draws, same points per frame).
@@ -107,7 +107,7 @@ def guided(run: Run, prior: Any, inputs: dict[str, Any], key: jax.Array, draws: 
                                      core_mean=float(prior.core_mean), core_std=float(prior.core_std),
                                      times_norm=inputs["times_norm"], noise_chol=chol, config=cfg,
                                      num_draws=draws, core_shape=core_shape or run.core_shape,
-                                     prior_spectrum=run.prior_spectrum if cfg.guidance.name == "mmps" else None)
+                                     prior_spectrum=run.prior_spectrum if getattr(cfg.guidance, "anchors", 1) > 1 else None)
         return draws_
 
     return call
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     if "sampler_cost" in want:
-        variants = ("mpdps", "dps", "mmps_cg2", "mmps_cg3", "mmps_cg3_a1", "mmps_cg5")
+        variants = ("mpdps", "dps", "mmps_cg2", "mmps_cg3", "mmps_cg3_a4", "mmps_cg5")
         costs = {v: _timed(guided(run, prior, inputs, key, 16, method=v), args.repeats) for v in variants}
         res["sampler_cost"] = {"draws": 16, "default": "mmps_cg3", "seconds": {v: c["seconds"] for v, c in costs.items()},
                                "compile_s": {v: c["compile_s"] for v, c in costs.items()},

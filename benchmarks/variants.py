@@ -3,7 +3,7 @@
 A name is tokens joined by `_`: first the rule, `mmps` (moment matching, no messages), `dps` or
 `mpdps` (the paper's samplers, `fisher` guidance unless `ref` or `through` follows); then any of
 `cgK` (CG iterations, MMPS), `plain` (MMPS without the preconditioner), `aK` (at most K
-preconditioner anchors; `a1`: isotropic only), `msg` (MMPS plus MPDPS's
+preconditioner anchors along the prior's spectrum; default 1, isotropic), `msg` (MMPS plus MPDPS's
 messages), `sN` (sampler steps), `lanK` (K Langevin corrector steps), `tauX` (corrector step),
 `churnX` (EDM S_churn), `infer` (σ inferred). Example: `mmps_cg3_s10_lan1_tau0.2`.
 """
@@ -24,7 +24,7 @@ def parse_variant(name: str, **fixed: Any) -> GuidedConfig:
     if rule not in ("mmps", "dps", "mpdps"):
         raise bad_input("variant", "a name starting with mmps, dps or mpdps", name)
     kw: dict[str, Any] = {"method": "dps" if rule == "mmps" else rule, "guidance": "mmps" if rule == "mmps" else "fisher"}
-    cg, precondition, anchors, lan, tau = 3, True, 4, 0, 0.1
+    cg, precondition, anchors, lan, tau = 3, True, 1, 0, 0.1
     for opt in opts:
         if opt == "fisher":
             kw["guidance"] = "fisher"

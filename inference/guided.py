@@ -633,7 +633,9 @@ def prepare(
         elif P <= MAX_PRECONDITIONED_FRAME:
             preconditioner = "frames"
         if preconditioner != "none":
-            anchors = _preconditioner_anchors(design_j, w, jnp.asarray(L @ L.T, dtype), prior_spectrum, rule.anchors,
+            # One anchor is the isotropic preconditioner, with or without a spectrum.
+            spectrum = prior_spectrum if rule.anchors > 1 else None
+            anchors = _preconditioner_anchors(design_j, w, jnp.asarray(L @ L.T, dtype), spectrum, rule.anchors,
                                               preconditioner, config)
     obs_vals, obs_vecs = anchors[0], anchors[1]
     if not (bool(jnp.all(jnp.isfinite(vals))) and bool(jnp.all(jnp.isfinite(vecs)))

@@ -17,10 +17,13 @@ The preconditioner keeps a few *anchors* `h_a` (profiles `c(s_a)` at anchor leve
 whitened Gram `G_a = W^½ A (Σ ⊗ U diag(h_a) Uᵀ) Aᵀ W^½` computed once per problem; at each σ it
 applies `(I + β G_a)⁻¹` with the anchor whose profile matches `c(σ)` best up to a scale β.
 
-Measured on the exactness bench's production problem (`scratch`-free: `benchmarks/exactness.py`
-sizes, σ_y = 0.1, setting 1), the energy-norm error of 3 CG iterations at σ = 20 / 3: isotropic
-0.72 / 0.60, the prior-spectrum anchor 0.28 / 0.28 (the exact `c(σ)` profile: 0.28 / 0.27);
-below σ ≈ 0.3 the isotropic anchor is as good as the exact profile.
+On the exactness bench's production problem (σ_y = 0.1, setting 1) the energy-norm error of 3
+CG iterations at σ = 20 / 3 is 0.72 / 0.60 with the isotropic anchor alone and 0.28 / 0.28 with
+the prior-spectrum anchor (0.28 / 0.27 with the exact profile); below σ ≈ 0.3 they are equal.
+The posterior mean's error falls from 0.20-0.24 to 0.10-0.16. With a learned prior the Jacobian
+need not follow the training spectrum: on the shipped ocean prior with data 1000x more precise
+than its noise, 4 anchors left the posterior mean 6.5 noise stds from the observations. So the
+sampler's default is one anchor, `MomentMatching(anchors=1)`: the isotropic preconditioner.
 """
 
 from __future__ import annotations

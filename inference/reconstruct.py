@@ -521,7 +521,8 @@ def reconstruct(
             key, prior.denoise, design, padded, core_mean=float(prior.core_mean), core_std=float(prior.core_std),
             times_norm=times_norm, noise_chol=chol, config=cfg, num_draws=n_total, core_shape=run.core_shape,
             chunk_size=chunk_size, progress=progress,
-            prior_spectrum=run.prior_spectrum if isinstance(cfg.guidance, MomentMatching) else None,
+            prior_spectrum=run.prior_spectrum if isinstance(cfg.guidance, MomentMatching) and cfg.guidance.anchors > 1
+            else None,
             constraints=active or None, decoder=decoder,
         )
         sigma_norm_draws = np.asarray(info["sigma_y"]) if infer_sigma else None

@@ -99,7 +99,7 @@ def test_guidance_rules_and_their_errors():
     assert isinstance(as_guidance_rule("mmps"), MomentMatching)
     assert isinstance(GuidedConfig(sigma_y=0.1, guidance="fisher").guidance, Fisher)
     assert GuidedConfig(sigma_y=0.1, guidance=MomentMatching(4)).to_dict()["guidance_rule"] == {
-        "name": "mmps", "precondition": True, "cg_steps": 4, "anchors": 4}
+        "name": "mmps", "precondition": True, "cg_steps": 4, "anchors": 1}
     with pytest.raises(InputError, match="anchors"):
         MomentMatching(anchors=0)
     with pytest.raises(InputError, match="guidance"):

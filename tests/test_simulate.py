@@ -260,7 +260,7 @@ def test_cli_writes_a_loadable_collection(tmp_path, capsys):
             "--nlon", "8", "--ndepth", "6", "--nt", "4", "--no-progress"]
     args = _parse(argv)
     assert args.func(args) == 0
-    assert "wrote 3 ocean trajectories (2 train, 1 test" in capsys.readouterr().out
+    assert "wrote 3 ocean trajectories (2 train, 1 test" in capsys.readouterr().err  # the summary goes to stderr
     loaded = load_fields(out)
     direct = simulate_ocean(3, seed=4, n_test=1, **OCEAN_SMALL)
     np.testing.assert_array_equal(loaded["field"].values, direct["field"].values)
