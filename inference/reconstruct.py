@@ -145,11 +145,20 @@ class Run:
 SLOT_MULTIPLE = 8
 
 
-def _slots(obs: ObservationSet, times: np.ndarray) -> int:
-    """Padded points per frame for `obs` on `times`: the most at one time stamp, rounded up to a
-    multiple of `SLOT_MULTIPLE`."""
-    needed = int(np.asarray(obs.to_padded(times).mask).shape[1])
-    return -(-needed // SLOT_MULTIPLE) * SLOT_MULTIPLE
+def _pad_slots(padded: PaddedObservations) -> PaddedObservations:
+    """`padded` with masked slots appended up to a multiple of `SLOT_MULTIPLE` points per frame
+    (the observation order of `report.observation_order(obs, times, P)` matches it)."""
+    M, P = np.asarray(padded.mask).shape
+    extra = -P % SLOT_MULTIPLE
+    if extra == 0:
+        return padded
+
+    def grow(a: Any, fill: Any) -> np.ndarray:
+        a = np.asarray(a)
+        return np.concatenate([a, np.full((M, extra, *a.shape[2:]), fill, dtype=a.dtype)], axis=1)
+
+    return PaddedObservations(times=padded.times, values=grow(padded.values, 0.0), coords=grow(padded.coords, 0.0),
+                              noise_scale=grow(padded.noise_scale, 1.0), mask=grow(padded.mask, False))
 
 
 def _representation_error(run: Run, representation_error: Any) -> tuple[float, str]:
@@ -436,7 +445,7 @@ def reconstruct(
 
     # The padded observations in normalised field units; a frame without points is all-masked.
     if conditioned:
-        padded_phys = obs.to_padded(grid_times, _slots(obs, grid_times))
+        padded_phys = _pad_slots(obs.to_padded(grid_times))  # one padding, grown to the slot multiple
     else:
         K = len(run.space_dims)
         padded_phys = PaddedObservations(
