@@ -234,7 +234,7 @@ class _FitData:
 
     def sse(self, model: FunctionalTucker, cores) -> np.ndarray:
         """`(B, 3)` sums of squared errors per trajectory (training, held-out, all entries)."""
-        grids_j = tuple(jnp.asarray(g, dtype=jnp.float32) for g in self.grids)
+        grids_j = tuple(jnp.asarray(g, dtype=jnp.float32) for g in self.grids)  # cheap next to the pass
         return np.concatenate([np.asarray(_sse_per_trajectory(model, cores[lo:hi], y, tr, ho, grids_j))
                                for lo, hi, y, tr, ho in self.source.device_blocks()])
 
