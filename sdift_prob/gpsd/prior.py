@@ -21,7 +21,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..errors import InputError, bad_input
 from ..gp import TemporalKernel, time_cholesky, validate_times
-from .checkpoint import load_checkpoint, read_header, write_tree_file
+from ..training.checkpoint import load_checkpoint, read_header, write_tree_file
 from .edm import EDMConfig, heun_sample, precondition
 from .unet import TemporalUNet
 
