@@ -355,5 +355,9 @@ def test_inferred_noise_is_drawn_before_sampling_apart_from_the_basis_error(pipe
     from inference.reconstruct import _noise_sd
 
     np.testing.assert_allclose(_noise_sd(idata, pipeline["obs"], "infer")[0, :, 0], np.hypot(sigma, rep["std"]))
+    from inference.summary import run_summary, summary_text
+
+    text = summary_text(run_summary(idata))
+    assert "noise: inferred" in text and "90% interval" in text, text
     again = reconstruct(run, pipeline["obs"], key=jax.random.key(3), sampler="mmps", draws=4, sigma="infer")
     np.testing.assert_array_equal(again.posterior["sigma"].values, idata.posterior["sigma"].values)
