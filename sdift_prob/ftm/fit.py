@@ -35,7 +35,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ..data.fields import Normalizer, field_metadata, space_dims, validate_field_dataset
-from ..errors import NumericalError, TrainingInterrupted, bad_input
+from ..errors import FormatError, InputError, NumericalError, TrainingInterrupted, bad_input
+from ..parallel import BATCH_AXIS, batch_sharding, replicated, resolve_devices
+from ..parallel import mesh as device_mesh
+from ..streaming import TrajectoryReader, is_lazy
+from ..validation import check_count, check_key
 from .tucker import FunctionalTucker, _decode_grid, check_ranks, decode_grid
 
 
@@ -93,10 +97,10 @@ class FTMConfig:
                 raise bad_input("ranks", "None or a sequence of positive integers", self.ranks)
             object.__setattr__(self, "ranks", check_ranks(self.ranks, len(self.ranks)))
         for name in ("width", "depth", "epochs", "batch_trajectories", "eval_every", "patience"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("warmup", self.warmup, minimum=0)
+            check_count(getattr(self, name), name)
+        check_count(self.warmup, "warmup", minimum=0)
         if self.steps is not None:
-            _check_int("steps", self.steps, minimum=1)
+            check_count(self.steps, "steps")
         for name in ("omega", "lr", "lr_cores"):
             _check_float(name, getattr(self, name), lo=0.0, lo_open=True)
         for name in ("weight_decay", "beta_tv", "core_init_scale", "margin"):
@@ -124,11 +128,6 @@ class FTMConfig:
         if kw.get("ranks") is not None:
             kw["ranks"] = tuple(kw["ranks"])
         return cls(**kw)
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise bad_input(name, f"an integer >= {minimum}", value)
 
 
 def _check_float(
@@ -191,13 +190,6 @@ class FTMFit:
         return np.asarray(self.normalizer.inverse(np.asarray(out)), dtype=np.float32)
 
 
-def _check_key(key: object) -> None:
-    if not (
-        isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
-    ):
-        raise bad_input("key", "a single typed PRNG key from jax.random.key(seed)", key)
-
-
 def _numpy_rng(key: PRNGKeyArray) -> np.random.Generator:
     """A NumPy generator seeded by a typed key's data: deterministic in the key, and it avoids
     compiling a random kernel for every array shape."""
@@ -251,7 +243,6 @@ def _constrain(a, mesh, spec: str):
     """Sharding constraint inside jit: `"batch"` splits axis 0 over the mesh, `"rep"` replicates."""
     if mesh is None:
         return a
-    from ..parallel import batch_sharding, replicated
 
     def one(x):
         if not eqx.is_array(x):
@@ -374,8 +365,6 @@ class _Source:
     """The training values: all in memory (`values`) or read in blocks by a `TrajectoryReader`."""
 
     def __init__(self, fields: xr.Dataset, streamed: bool, chunk: int):
-        from ..streaming import TrajectoryReader
-
         self.streamed = streamed
         self.chunk = chunk
         if streamed:
@@ -457,10 +446,6 @@ def fit_ftm(
     **Raises:** `NumericalError` naming the epoch when the loss becomes non-finite;
     `TrainingInterrupted` after saving a checkpoint when SIGINT/SIGTERM arrives.
     """
-    from ..parallel import BATCH_AXIS, resolve_devices
-    from ..parallel import mesh as device_mesh
-    from ..streaming import is_lazy
-
     start = _time.perf_counter()
     if not isinstance(fields, xr.Dataset):
         raise bad_input("fields", "an xr.Dataset field collection", type(fields).__name__)
@@ -484,13 +469,13 @@ def fit_ftm(
     if config.ranks is not None and tuple(config.ranks) != ranks_t:
         raise bad_input("config.ranks", f"None or the ranks argument {ranks_t}", config.ranks)
     config = dataclasses.replace(config, ranks=ranks_t)
-    _check_key(key)
+    check_key(key)
     if not isinstance(progress, bool):
         raise bad_input("progress", "True or False", progress)
     if not isinstance(resume, bool):
         raise bad_input("resume", "True or False", resume)
-    _check_int("checkpoint_every", checkpoint_every, minimum=1)
-    _check_int("chunk_trajectories", chunk_trajectories, minimum=1)
+    check_count(checkpoint_every, "checkpoint_every")
+    check_count(chunk_trajectories, "chunk_trajectories")
     _check_callback(callback)
 
     source = _Source(fields, stream, int(chunk_trajectories))
@@ -793,7 +778,6 @@ def fit_ftm(
 
 def _load_fit_checkpoint(path: Path, like: Any, header: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """Read an FTM fit checkpoint and check it belongs to this fit (data, settings, key)."""
-    from ..errors import InputError
     from ..gpsd.checkpoint import load_checkpoint, read_header
 
     saved = read_header(path, kind=FIT_CHECKPOINT_KIND)
@@ -813,8 +797,6 @@ def _load_fit_checkpoint(path: Path, like: Any, header: dict[str, Any]) -> tuple
     keys = ("epoch", "loss_curve", "holdout_curve", "eval_epochs", "best_epoch", "best_score", "bad_evals",
             "stopped_early")
     if not isinstance(st, dict) or any(k not in st for k in keys):
-        from ..errors import FormatError
-
         raise FormatError(f"{path}: the checkpoint header has no complete fit state")
     _, tree = load_checkpoint(path, like, kind=FIT_CHECKPOINT_KIND)
     return saved, tree

@@ -30,6 +30,9 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, NumericalError, TrainingInterrupted, bad_input
 from ..gp import KERNEL_NAMES, TemporalKernel, fit_lengthscale, time_cholesky, validate_times
+from ..parallel import BATCH_AXIS, batch_sharding, replicated, resolve_devices
+from ..parallel import mesh as device_mesh
+from ..validation import check_count
 from .checkpoint import load_checkpoint, read_header, save_checkpoint
 from .edm import EDMConfig, edm_loss
 from .prior import GPSDPrior
@@ -94,9 +97,7 @@ class PriorConfig:
         ints = {"channels": 1, "num_blocks": 1, "temporal_mult": 1, "attention_heads": 1, "time_features": 1,
                 "warmup_steps": 0, "batch_size": 1, "steps": 0, "checkpoint_every": 1, "seed": 0}
         for name, low in ints.items():
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-                raise bad_input(name, f"an integer >= {low}", v)
+            check_count(getattr(self, name), name, minimum=low)
         for name in ("seq_len", "max_window"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
@@ -189,7 +190,6 @@ def _shard(tree, mesh, batch: bool):
     """Inside jit: split axis 0 over the mesh (`batch`) or replicate; identity without a mesh."""
     if mesh is None:
         return tree
-    from ..parallel import batch_sharding, replicated
 
     def one(x):
         if not eqx.is_array(x):
@@ -388,9 +388,6 @@ def train_prior(
 
     times_j = jnp.asarray(t, jnp.float32)
     spec = _StepSpec.of(config, L, W_max)
-    from ..parallel import BATCH_AXIS, resolve_devices
-    from ..parallel import mesh as device_mesh
-
     n_dev = resolve_devices(devices, config.batch_size, what="batch_size")
     mesh = device_mesh(n_dev, BATCH_AXIS) if n_dev > 1 else None
     stop = {"signal": None}
