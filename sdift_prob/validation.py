@@ -34,7 +34,11 @@ def check_count(value: Any, argument: str, minimum: int = 1) -> int:
 
 def check_positive(value: Any, argument: str) -> float:
     """`value` as a finite `float > 0`: a Python or NumPy real number, not a bool."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(value) and value > 0):
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    try:
+        ok = ok and math.isfinite(float(value)) and value > 0
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
         raise bad_input(argument, "a positive finite number", value)
     return float(value)
