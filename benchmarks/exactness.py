@@ -43,6 +43,7 @@ import numpy as np
 from jaxtyping import Array
 
 from benchmarks.variants import parse_variant
+from inference import sigma_marginal
 from inference.guided import GuidedConfig, sample_posterior
 from inference.preconditioners import PriorSpectrum
 from sdift_prob.data.observations import PaddedObservations
@@ -230,15 +231,26 @@ def summarise(per_rep: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_sampler(config: GuidedConfig, prior: GaussianPrior, rep: Replicate, *, m: float, s: float, draws: int,
-                seed: int, chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Guided draws in x-space `(draws, M, D)` and the σ draws when σ is inferred."""
+                seed: int, chunk_size: int | None = None, sigma_before: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Guided draws in x-space `(draws, M, D)` and the σ draws when σ is inferred: inside the
+    sampler (`config.infer_sigma`), or with `sigma_before` drawn first from the Gaussian model's
+    marginal likelihood (`inference.sigma_marginal`, as `reconstruct` does), one σ per draw."""
+    sigma_draws = None
+    if sigma_before:
+        D = rep.truth.shape[1]
+        post = sigma_marginal.sigma_posterior(
+            jax.random.key(seed + 1), rep.design, rep.padded.values, rep.padded.mask, prior.k_time,
+            np.full(D, m), s**2 * np.diag(prior.lam), prior_scale=config.sigma_prior_scale)
+        sigma_draws = post.draw(jax.random.key(seed + 2), draws)
+        config = dataclasses.replace(config, sigma_y=float(np.median(sigma_draws)), infer_sigma=False)
     W, info = sample_posterior(
         jax.random.key(seed), prior.denoiser, rep.design, rep.padded, core_mean=m, core_std=s,
         times_norm=prior.times, noise_chol=prior.noise_chol, config=config, num_draws=draws, chunk_size=chunk_size,
-        prior_spectrum=prior.spectrum,
+        prior_spectrum=prior.spectrum, sigma_draws=sigma_draws,
     )
     x = (np.asarray(W, np.float64).reshape(draws, *rep.truth.shape) - m) / s
-    return x, (np.asarray(info["sigma_y"]) if config.infer_sigma else None)
+    return x, (sigma_draws if sigma_before else np.asarray(info["sigma_y"]) if config.infer_sigma else None)
 
 
 def gaussian_rows(D: int) -> Callable[[np.random.Generator, int], np.ndarray]:
@@ -267,9 +279,19 @@ DEFAULT_VARIANTS = ("mpdps", "dps", "dps_through", "mmps_cg1", "mmps_cg3", "mmps
 
 def configs(sigma_y: float, names: Sequence[str] = DEFAULT_VARIANTS) -> dict[str, GuidedConfig]:
     """The samplers compared (names: `benchmarks.variants`), at noise level `sigma_y` (inferred
-    from the data, starting at their std, for names with the token `infer`)."""
-    return {name: parse_variant(name, **({} if "infer" in name.split("_") else {"sigma_y": sigma_y}))
-            for name in names}
+    from the data, starting at their std, for names with the token `infer`; names with the token
+    `marg` get a placeholder level, σ being drawn before sampling — `run_sampler(sigma_before=True)`)."""
+    def parse(name: str) -> GuidedConfig:
+        tokens = name.split("_")
+        if MARGINAL in tokens:
+            return parse_variant("_".join(t for t in tokens if t != MARGINAL), sigma_y=sigma_y)
+        return parse_variant(name, **({} if "infer" in tokens else {"sigma_y": sigma_y}))
+
+    return {name: parse(name) for name in names}
+
+
+# Variant token of the bench: σ drawn from its marginal posterior before sampling.
+MARGINAL = "marg"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -311,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 per[name], started = [], time.perf_counter()
                 for r, rep in enumerate(reps):
                     try:
-                        draws, sig = run_sampler(cfgs[name], prior, rep, m=m, s=s, draws=args.draws, seed=r)
+                        draws, sig = run_sampler(cfgs[name], prior, rep, m=m, s=s, draws=args.draws, seed=r,
+                                                 sigma_before=MARGINAL in name.split("_"))
                     except NumericalError as exc:  # a sampler that diverges is a result, not a crash
                         diverged.setdefault(name, []).append(f"replicate {r}: {exc}")
                         continue

@@ -1006,13 +1006,15 @@ def _update_sigma_y(
 # Sampler
 
 
-def init(key: PRNGKeyArray, problem: GuidedProblem) -> GuidedState:
+def init(key: PRNGKeyArray, problem: GuidedProblem, sigma_y: Array | None = None) -> GuidedState:
     """Start one chain at `σ_max · L z` (GP noise over the frames' normalised times).
 
     **Arguments:**
 
     - `key`: PRNG key of this chain.
     - `problem`: from `prepare`.
+    - `sigma_y`: this chain's noise level (a draw of σ inferred before sampling,
+      `inference.sigma_marginal`); default `problem.sigma_y0`.
 
     **Returns:** `GuidedState` at step 0 with `x (M, R1, .., RK)`.
     """
@@ -1021,7 +1023,8 @@ def init(key: PRNGKeyArray, problem: GuidedProblem) -> GuidedState:
     z = jax.random.normal(key, shape, dtype=problem.noise_chol.dtype)
     x = problem.sigmas[0] * jnp.tensordot(problem.noise_chol, z, axes=1)
     return GuidedState(
-        x=x, step=jnp.zeros((), jnp.int32), sigma_y=problem.sigma_y0, finite=jnp.array(True),
+        x=x, step=jnp.zeros((), jnp.int32), sigma_y=problem.sigma_y0 if sigma_y is None else sigma_y,
+        finite=jnp.array(True),
         first_bad=jnp.full((), -1, jnp.int32),
     )
 
@@ -1131,10 +1134,10 @@ def step(
 
 
 def _run_chain(
-    key: PRNGKeyArray, denoise: Denoiser, problem: GuidedProblem, config: GuidedConfig
+    key: PRNGKeyArray, denoise: Denoiser, problem: GuidedProblem, config: GuidedConfig, sigma_y: Array
 ) -> tuple[GuidedState, GuidedInfo]:
     k_init, k_steps = jax.random.split(key)
-    state = init(k_init, problem)
+    state = init(k_init, problem, sigma_y)
 
     def body(state: GuidedState, i: Array) -> tuple[GuidedState, GuidedInfo]:
         return _step(jax.random.fold_in(k_steps, i), state, denoise, problem, config, i)
@@ -1145,15 +1148,15 @@ def _run_chain(
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # counts compilations (see `eqx.debug.get_num_traces`)
 def _sample_chunk(
-    keys: PRNGKeyArray, denoise: Denoiser, problem: GuidedProblem, config: GuidedConfig
+    keys: PRNGKeyArray, sigma_y: Array, denoise: Denoiser, problem: GuidedProblem, config: GuidedConfig
 ) -> tuple[GuidedState, GuidedInfo]:
-    return jax.vmap(lambda k: _run_chain(k, denoise, problem, config))(keys)
+    return jax.vmap(lambda k, s: _run_chain(k, denoise, problem, config, s))(keys, sigma_y)
 
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)
 def _sample_chunk_sharded(
-    keys: PRNGKeyArray, denoise: Denoiser, problem: GuidedProblem, config: GuidedConfig, mesh: Any
+    keys: PRNGKeyArray, sigma_y: Array, denoise: Denoiser, problem: GuidedProblem, config: GuidedConfig, mesh: Any
 ) -> tuple[GuidedState, GuidedInfo]:
     """`_sample_chunk` with the draws split over the devices of `mesh` (axis `"draws"`).
 
@@ -1162,14 +1165,14 @@ def _sample_chunk_sharded(
     """
     dyn, static = eqx.partition((denoise, problem), eqx.is_array)
 
-    def local(k: PRNGKeyArray, d: Any) -> tuple[GuidedState, GuidedInfo]:
+    def local(k: PRNGKeyArray, s: Array, d: Any) -> tuple[GuidedState, GuidedInfo]:
         den, prob = eqx.combine(d, static)
-        return jax.vmap(lambda kk: _run_chain(kk, den, prob, config))(k)
+        return jax.vmap(lambda kk, ss: _run_chain(kk, den, prob, config, ss))(k, s)
 
     spec = jax.sharding.PartitionSpec(DRAWS_AXIS)
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(spec, jax.sharding.PartitionSpec()), out_specs=spec, check_vma=False
-    )(keys, dyn)
+        local, mesh=mesh, in_specs=(spec, spec, jax.sharding.PartitionSpec()), out_specs=spec, check_vma=False
+    )(keys, sigma_y, dyn)
 
 
 def _draw_devices(devices: Any) -> int:
@@ -1200,6 +1203,7 @@ def sample_posterior(
     devices: int | None = None,
     constraints: Sequence[Constraint] | None = None,
     decoder: FieldDecoder | None = None,
+    sigma_draws: Float[ArrayLike, " num_draws"] | None = None,
 ) -> tuple[Float[np.ndarray, "num_draws M *R"], dict[str, np.ndarray]]:
     """Draw core sequences from the guided posterior (DPS or MPDPS).
 
@@ -1234,6 +1238,9 @@ def sample_posterior(
       per-device batch's dots and convolutions differently; often bitwise).
     - `constraints`, `decoder`: physical constraints on the decoded frames and the decoder they
       see them through (`prepare`, `inference.constraints`).
+    - `sigma_draws`: one fixed noise level per draw `(num_draws,)`, normalised units — σ drawn
+      from its posterior before sampling (`inference.sigma_marginal`); needs a number as
+      `config.sigma_y` and `infer_sigma=False`. Default: every draw at `config.sigma_y`.
 
     **Returns:** `(draws, info)`: `draws` NumPy `(num_draws, M, R1, .., RK)` in FTM core units;
     `info` a dict of NumPy arrays: `sigma_y (num_draws,)` final noise level (the fixed value when
@@ -1255,6 +1262,7 @@ def sample_posterior(
                       constraints=constraints, decoder=decoder)
     n_dev = _draw_devices(devices)
     keys = jax.random.split(key, int(num_draws))
+    sigmas_y = _per_draw_sigma(sigma_draws, problem, config, int(num_draws))
     chunk = min(int(chunk_size), int(num_draws))
     mesh = None
     if n_dev > 1:
@@ -1263,14 +1271,15 @@ def sample_posterior(
     states, infos = [], []
     starts = range(0, int(num_draws), chunk)
     for start in tqdm(starts, desc=f"{config.method} sampling", disable=not progress or len(starts) == 1):
-        part = keys[start:start + chunk]
+        part, part_sigma = keys[start:start + chunk], sigmas_y[start:start + chunk]
         n = part.shape[0]
         if n < chunk:  # pad so the compiled shape is reused; the extra chains are discarded below
-            part = jnp.concatenate([part, keys[np.arange(chunk - n) % keys.shape[0]]])
+            fill = np.arange(chunk - n) % keys.shape[0]
+            part, part_sigma = jnp.concatenate([part, keys[fill]]), jnp.concatenate([part_sigma, sigmas_y[fill]])
         if mesh is None:
-            state, info = _sample_chunk(part, denoise, problem, config)
+            state, info = _sample_chunk(part, part_sigma, denoise, problem, config)
         else:
-            state, info = _sample_chunk_sharded(part, denoise, problem, config, mesh)
+            state, info = _sample_chunk_sharded(part, part_sigma, denoise, problem, config, mesh)
             if jax.process_count() > 1:  # multi-host: every process gets all draws
                 from jax.experimental import multihost_utils
 
@@ -1290,13 +1299,27 @@ def sample_posterior(
     }
 
 
+def _per_draw_sigma(sigma_draws: Any, problem: GuidedProblem, config: GuidedConfig, num_draws: int) -> Array:
+    """Each draw's starting σ_y: the given draws of σ, or `problem.sigma_y0` for all."""
+    if sigma_draws is None:
+        return jnp.full((num_draws,), problem.sigma_y0)
+    if config.infer_sigma or not _is_number(config.sigma_y):
+        raise bad_input("sigma_draws", "None unless config.sigma_y is a number and infer_sigma=False "
+                        "(one source of the noise level)", "an array")
+    s = np.asarray(sigma_draws, dtype=np.float64)
+    if s.shape != (num_draws,) or not (np.isfinite(s).all() and (s > 0).all()):
+        raise bad_input("sigma_draws", f"{num_draws} positive finite noise levels, shape ({num_draws},)",
+                        f"shape {s.shape}" if s.shape != (num_draws,) else "zero, negative or non-finite entries")
+    return jnp.asarray(s, problem.sigma_y0.dtype)
+
+
 @eqx.filter_jit
 def _sample_many(keys: PRNGKeyArray, denoise: Denoiser, problems: GuidedProblem, config: GuidedConfig,
                  mesh: Any) -> tuple[GuidedState, GuidedInfo]:
     """Chains `keys (B, S)` of B stacked problems; with a mesh, the B axis is split over its devices."""
 
     def chains(k: PRNGKeyArray, probs: GuidedProblem, den: Denoiser) -> tuple[GuidedState, GuidedInfo]:
-        return jax.vmap(lambda kk, p: jax.vmap(lambda k1: _run_chain(k1, den, p, config))(kk))(k, probs)
+        return jax.vmap(lambda kk, p: jax.vmap(lambda k1: _run_chain(k1, den, p, config, p.sigma_y0))(kk))(k, probs)
 
     if mesh is None:
         return chains(keys, problems, denoise)

@@ -27,7 +27,7 @@ from sdift_prob import __version__
 from sdift_prob.data.observations import ObservationSet, PaddedObservations
 from sdift_prob.errors import InputError, UntestedSettingWarning, bad_input, warn_untested_steps
 from sdift_prob.ftm import FTMFit, decode_grid, design_rows, load_run
-from sdift_prob.gp import TemporalKernel, fit_lengthscale
+from sdift_prob.gp import TemporalKernel, fit_lengthscale, gram_float64
 from sdift_prob.gpsd import load_prior
 from sdift_prob.run import read_manifest
 from sdift_prob.validation import check_count, check_key
@@ -38,6 +38,7 @@ from .constraints import Constraint, Dynamics, FieldDecoder
 from .guidance import Fisher, MomentMatching
 from .guided import GuidedConfig, sample_posterior, union_times
 from .preconditioners import PriorSpectrum
+from .sigma_marginal import sigma_posterior
 
 SAMPLERS = ("mmps", "mpdps", "dps", "gp")
 DEFAULT_SAMPLER = "mmps"
@@ -84,6 +85,15 @@ class Run:
         """GP temporal prior fitted to the training cores (the `gp` baseline), computed once."""
         return GPPriorParams.from_training_cores(np.asarray(self.ftm.cores), self.ftm.normalised_times())
 
+
+    @functools.cached_property
+    def core_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean `(D,)` and covariance `(D, D)` of the training cores over trajectories and time
+        (FTM units): the Gaussian stand-in of the prior that σ is inferred under
+        (`inference.sigma_marginal`), computed once."""
+        cores = np.asarray(self.ftm.cores, dtype=np.float64)
+        flat = cores.reshape(-1, int(np.prod(self.core_shape)))
+        return flat.mean(axis=0), np.atleast_2d(np.cov(flat, rowvar=False))
 
     @functools.cached_property
     def representation_error(self) -> tuple[float, str]:
@@ -433,7 +443,12 @@ def reconstruct(
     times_norm = run.normalise_time(grid_times)
     sigma_y, infer_sigma = _noise_setting(obs, sigma, normalizer.std, sampler) if conditioned else (1.0, False)
     rep_error, rep_source = _representation_error(run, representation_error)
-    rep_applied = ("no observations" if not conditioned else "absorbed by the inferred sigma" if infer_sigma
+    # Gaussian noise inferred: σ drawn before sampling from the Gaussian model's marginal
+    # likelihood, the representation error kept apart (`inference.sigma_marginal`); other
+    # likelihoods infer σ inside the sampler, where it absorbs the representation error.
+    sigma_before = conditioned and infer_sigma and likelihood == "gaussian" and sampler != "gp"
+    rep_applied = ("no observations" if not conditioned else "added to the inferred noise" if sigma_before
+                   else "absorbed by the inferred sigma" if infer_sigma
                    else "not used (poisson likelihood)" if likelihood == "poisson" else "added to the given noise")
     rep_added = rep_applied == "added to the given noise"  # to sigma_y here, or per point below
     if rep_added and sigma_y != "metadata":
@@ -487,6 +502,21 @@ def reconstruct(
     started = time.perf_counter()
     info: dict[str, np.ndarray] = {}
     settings: dict[str, Any] = {"sampler": sampler}
+    noise_draws = sigma_eff_draws = None
+    if sigma_before:
+        sig_post = sigma_posterior(
+            jax.random.fold_in(key, 2), design, padded.values, mask,
+            gram_float64(run.gp_params.kernel, times_norm) + run.gp_params.jitter * np.eye(M), *run.core_moments,
+            representation_error=rep_error, prior_scale=base.sigma_prior_scale,
+        )
+        noise_draws = sig_post.draw(jax.random.fold_in(key, 3), n_total)
+        sigma_eff_draws = sig_post.effective(noise_draws)
+        settings["sigma_inference"] = {
+            "method": "marginal likelihood of the Gaussian FTM + GP model, before sampling",
+            "points_used": sig_post.n_used, "points": sig_post.n_points,
+            "interval90": (sig_post.quantile([0.05, 0.95]) * normalizer.std).tolist(),
+        }
+        sigma_y = float(np.median(sigma_eff_draws))  # the config's level; each draw runs at its own
     if sampler == "gp":
         if likelihood != "gaussian":
             raise bad_input("likelihood", "'gaussian' for the gp sampler (its posterior is exact only there)",
@@ -505,7 +535,8 @@ def reconstruct(
         # Without data the draws are the prior's: no guidance at all (ζ = 0, the cheap rule);
         # with constraints but no data, the constraints alone guide (the padding has no weight).
         if conditioned:
-            cfg = dataclasses.replace(base, likelihood=likelihood, sigma_y=sigma_y, infer_sigma=infer_sigma,
+            cfg = dataclasses.replace(base, likelihood=likelihood, sigma_y=sigma_y,
+                                      infer_sigma=infer_sigma and not sigma_before,
                                       likelihood_params=tuple(like_params.items()))
         elif active:
             cfg = dataclasses.replace(base, method="dps", likelihood="gaussian", sigma_y=1.0, infer_sigma=False,
@@ -524,9 +555,10 @@ def reconstruct(
             chunk_size=chunk_size, progress=progress,
             prior_spectrum=run.prior_spectrum if isinstance(cfg.guidance, MomentMatching) and cfg.guidance.anchors > 1
             else None,
-            constraints=active or None, decoder=decoder,
+            constraints=active or None, decoder=decoder, sigma_draws=sigma_eff_draws,
         )
-        sigma_norm_draws = np.asarray(info["sigma_y"]) if infer_sigma else None
+        sigma_norm_draws = (sigma_eff_draws if sigma_eff_draws is not None
+                            else np.asarray(info["sigma_y"]) if infer_sigma else None)
         settings["guided"] = cfg.to_dict()
         if active:
             settings["constraints"] = {"terms": [_describe_constraint(c, grid_times) for c in active],
@@ -540,8 +572,10 @@ def reconstruct(
     field_draws = np.asarray(normalizer.inverse(np.asarray(field_norm)), dtype=np.float32)
     # issue 16: what the run did, and its output's own checks (raise or warn, before the predictive)
     facts = _run_facts(run, obs, sigma=sigma, likelihood=likelihood, conditioned=conditioned, infer_sigma=infer_sigma,
-                       sigma_y=sigma_y, sigma_norm_draws=sigma_norm_draws, padded=padded, out_times=out_times,
-                       grid_times=grid_times)
+                       sigma_y=sigma_y, sigma_norm_draws=sigma_norm_draws if noise_draws is None else noise_draws,
+                       padded=padded, out_times=out_times, grid_times=grid_times)
+    if sigma_before:
+        facts["noise"].update(settings["sigma_inference"], representation_error_added=rep_error * normalizer.std)
     check_results = _self_check(run, field_norm, core_draws, design, padded, sigma_y=sigma_y,
                                 sigma_norm_draws=sigma_norm_draws, likelihood=likelihood, conditioned=conditioned,
                                 noise=facts["noise"], checks=checks,
@@ -589,7 +623,9 @@ def reconstruct(
     idata = report.to_inference_data(
         core_draws=core_draws, field_draws=field_draws, field_times=out_times, field_coords=field_coords,
         space_dims=run.space_dims, obs=obs, y_rep=y_rep, log_lik=log_lik,
-        sigma_draws=None if sigma_norm_draws is None else sigma_norm_draws * normalizer.std,
+        sigma_draws=(None if sigma_norm_draws is None  # σ of the noise alone; the predictive adds r
+                     else (sigma_norm_draws if noise_draws is None
+                           else noise_draws.reshape(chains, draws)) * normalizer.std),
         sample_stats=sample_stats, attrs=attrs, core_times=grid_times,
     )
     return idata
@@ -659,14 +695,17 @@ def _noise_sd(idata: Any, obs: ObservationSet, sigma: Any) -> np.ndarray:
     FTM's representation error when it was applied."""
     post = idata.posterior
     c, s = post.sizes["chain"], post.sizes["draw"]
+    rep = report.posterior_attrs(idata).get("representation_error", {})
+    added = str(rep.get("applied", "")).startswith("added")
     if "sigma" in post:
-        return np.broadcast_to(post["sigma"].values.reshape(c, s, 1), (c, s, obs.n_points)).astype(np.float64)
+        noise = post["sigma"].values.reshape(c, s, 1).astype(np.float64)
+        noise = np.hypot(noise, float(rep.get("std", 0.0))) if added else noise
+        return np.broadcast_to(noise, (c, s, obs.n_points)).astype(np.float64)
     if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
         noise = np.full(obs.n_points, float(sigma))
     else:
         noise = np.nan_to_num(np.broadcast_to(np.asarray(obs.noise_scale, dtype=np.float64), (obs.n_points,)))
-    rep = report.posterior_attrs(idata).get("representation_error", {})
-    if rep.get("applied", True):
+    if added:
         noise = np.hypot(noise, float(rep.get("std", 0.0)))
     return np.broadcast_to(noise, (c, s, obs.n_points)).astype(np.float64)
 

@@ -71,6 +71,11 @@ def summary_text(summary: dict[str, Any]) -> str:
             level = f"{'median ' if noise['source'] == 'per point' else ''}{noise['std']:.4g} {units}"
             if noise.get("std_min") is not None and noise["std_min"] != noise["std_max"]:
                 level += f" (range {noise['std_min']:.4g} .. {noise['std_max']:.4g})"
+            if noise.get("interval90") is not None:  # σ drawn before sampling (inference.sigma_marginal)
+                lo, hi = noise["interval90"]
+                used = "" if noise["points_used"] == noise["points"] else \
+                    f", from {noise['points_used']} of {noise['points']} points"
+                level += f" (90% interval {lo:.4g} .. {hi:.4g}{used})"
             level += ", "
         rep = s.get("representation_error") or {}
         rep_text = f"; FTM representation error {rep['std']:.3g} {units} {rep.get('applied', '')}" if rep else ""

@@ -90,6 +90,8 @@ def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, 
         "calibration_temperature": float(cal.temperature),
         "heldout_coverage_90_before_after": [float(cal.coverage_before[-1]), float(cal.coverage_after[-1])],
         "sigma_inferred_mean": float(idata.posterior["sigma"].mean()) if "sigma" in idata.posterior else None,
+        "sigma_inferred_90": (np.quantile(idata.posterior["sigma"].values, [0.05, 0.95]).tolist()
+                              if "sigma" in idata.posterior else None),
         "sigma_true": true_sigma,
         "sampling_wall_time_s": float(idata.posterior.attrs.get("wall_time_s", np.nan)),
     }
@@ -126,11 +128,12 @@ def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, 
         f"{result['heldout_coverage_90_before_after'][0]:.2f} -> {result['heldout_coverage_90_before_after'][1]:.2f})",
     ]
     if result["sigma_inferred_mean"] is not None:
-        # σ inferred is the whole error of the observation model: the noise and the FTM's own error
+        # σ is the instrument noise; the FTM's own error at a point is added to it apart
         rep = float(run.representation_error[0] * run.ftm.normalizer.std)
+        lo, hi = result["sigma_inferred_90"]
         lines.append(f"  inferred noise std            {result['sigma_inferred_mean']:.3f} m/s   "
-                     f"(true: {result['sigma_true']:.3f} m/s; the inferred σ also absorbs the FTM's own error, "
-                     f"{rep:.2f} m/s)")
+                     f"(90% interval {lo:.2f}-{hi:.2f}; true: {result['sigma_true']:.3f} m/s; "
+                     f"plus the FTM's own error, {rep:.2f} m/s)")
     lines += [
         f"  wall time                     {result['total_wall_time_s']:.1f} s "
         f"(sampling {result['sampling_wall_time_s']:.1f} s)",

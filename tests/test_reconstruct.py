@@ -337,3 +337,28 @@ def test_older_runs_take_the_representation_error_from_the_held_out_vrmse():
 
     rep, source = open_run(pretrained.path("ocean") / "run").representation_error
     assert rep == pytest.approx(0.02744) and source.startswith("holdout_vrmse")
+
+
+def test_inferred_noise_is_drawn_before_sampling_apart_from_the_basis_error(pipeline):
+    run = open_run(pipeline["run_dir"])
+    idata = reconstruct(run, pipeline["obs"], key=jax.random.key(3), sampler="mmps", draws=4, sigma="infer")
+    attrs = posterior_attrs(idata)
+    noise = attrs["noise"]
+    assert noise["source"] == "inferred" and noise["method"].startswith("marginal likelihood")
+    assert noise["points_used"] == noise["points"] == pipeline["obs"].n_points
+    lo, hi = noise["interval90"]
+    sigma = idata.posterior["sigma"].values.ravel()
+    assert 0 < lo < hi and len(np.unique(sigma)) == 4  # one noise level per draw
+    assert noise["std"] == pytest.approx(sigma.mean())
+    rep = attrs["representation_error"]
+    assert rep["applied"] == "added to the inferred noise" and noise["representation_error_added"] == rep["std"]
+    # the sampler and the predictive ran at the effective noise sqrt(σ² + r²) of each draw
+    from inference.reconstruct import _noise_sd
+
+    np.testing.assert_allclose(_noise_sd(idata, pipeline["obs"], "infer")[0, :, 0], np.hypot(sigma, rep["std"]))
+    from inference.summary import run_summary, summary_text
+
+    text = summary_text(run_summary(idata))
+    assert "noise: inferred" in text and "90% interval" in text, text
+    again = reconstruct(run, pipeline["obs"], key=jax.random.key(3), sampler="mmps", draws=4, sigma="infer")
+    np.testing.assert_array_equal(again.posterior["sigma"].values, idata.posterior["sigma"].values)

@@ -1,7 +1,8 @@
 """Functional Tucker Model: shared coordinate networks + per-trajectory core sequences.
 
 `coordnet` (SIREN coordinate networks), `tucker` (the model and decoding), `fit` (fitting
-on a field collection), `encode` (MAP cores of a new trajectory), `bundle` (run directories).
+on a field collection; settings in `config`, compiled steps in `steps`), `encode` (MAP cores
+of a new trajectory), `bundle` (run directories).
 """
 
 from .bundle import load_run as load_run

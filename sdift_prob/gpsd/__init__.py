@@ -2,8 +2,8 @@
 
 `unet` (the temporally augmented U-Net), `edm` (preconditioning, GP-noise loss, Heun sampler),
 `prior` (`GPSDPrior`: trained network + normalisation + kernel; `save_prior`/`load_prior` for the
-`"prior"` section of a run directory), `train` (`PriorConfig`, `train_prior`), `checkpoint`
-(one-file checkpoints: a JSON header line + Equinox-serialised leaves).
+`"prior"` section of a run directory), `train` (`PriorConfig`, `train_prior`; the training loop and
+the one-file checkpoints are `sdift_prob.training`'s, `checkpoint` re-exports the latter).
 """
 
 from .edm import EDMConfig as EDMConfig

@@ -23,7 +23,7 @@ from ..errors import FormatError, InputError, bad_input
 from ..gp import TemporalKernel, time_cholesky, validate_times
 from ..io import atomic_file
 from ..run import add_artifact, read_manifest, section_files
-from .checkpoint import load_checkpoint, read_header, write_tree_file
+from ..training.checkpoint import load_checkpoint, read_header, write_tree_file
 from .edm import EDMConfig, heun_sample, precondition
 from .unet import TemporalUNet
 

@@ -5,6 +5,8 @@ shape per run): with probability `p_irregular` a sub-sequence is a random sorted
 `seq_len` frames out of a random window of up to `max_window` frames (an irregular grid with
 gaps), otherwise `seq_len` consecutive frames. All randomness of step `s` comes from
 `fold_in(key, s)`, so a run resumed from a checkpoint continues exactly as an uninterrupted one.
+The training loop (checkpoints, SIGINT/SIGTERM, progress, data-parallel sharding) is
+`sdift_prob.training`'s, shared with the FTM fit.
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ import functools
 import hashlib
 import json
 import math
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,14 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
-from tqdm.auto import tqdm
 
-from ..errors import InputError, NumericalError, TrainingInterrupted, bad_input
+from ..errors import TrainingInterrupted as TrainingInterrupted  # re-exported by sdift_prob.gpsd
+from ..errors import bad_input
 from ..gp import KERNEL_NAMES, TemporalKernel, fit_lengthscale, time_cholesky, validate_times
-from ..parallel import BATCH_AXIS, batch_sharding, replicated, resolve_devices
-from ..parallel import mesh as device_mesh
+from ..training import (CheckpointFile, LoopSettings, LoopState, LoopTimes, check_matches, check_settings,
+                        constrain, data_parallel, run_loop)
 from ..validation import check_count
-from .checkpoint import load_checkpoint, read_header, save_checkpoint
 from .edm import EDMConfig, edm_loss
 from .prior import GPSDPrior
 from .unet import TemporalUNet, count_parameters
@@ -42,7 +40,7 @@ CHECKPOINT_KIND = "gpsd_training_checkpoint"
 CHECKPOINT_NAME = "prior-checkpoint.eqx"
 
 # fields that may differ between a checkpoint and the run that resumes it
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
+_RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,18 +184,6 @@ def _batch(key, cores, times, spec: _StepSpec):
     return cores[traj[:, None], idx], times[idx]
 
 
-def _shard(tree, mesh, batch: bool):
-    """Inside jit: split axis 0 over the mesh (`batch`) or replicate; identity without a mesh."""
-    if mesh is None:
-        return tree
-
-    def one(x):
-        if not eqx.is_array(x):
-            return x
-        return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim) if batch else replicated(mesh))
-
-    return jax.tree_util.tree_map(one, tree)
-
 
 @eqx.filter_jit
 def _train_step(model, ema, opt_state, cores, times, step, step_key, kernel, spec: _StepSpec, mesh=None):
@@ -206,7 +192,7 @@ def _train_step(model, ema, opt_state, cores, times, step, step_key, kernel, spe
     x0, t = _batch(k_batch, cores, times, spec)
     # data parallel: the minibatch is split over the devices, the networks are replicated and
     # XLA all-reduces the gradients (threefry random bits do not depend on the sharding)
-    x0, t = _shard((x0, t), mesh, batch=True)
+    x0, t = constrain((x0, t), mesh, batch=True)
     chol = jax.vmap(lambda tt: time_cholesky(kernel, tt, spec.edm.jitter))(t)
 
     def loss_fn(m):
@@ -215,7 +201,7 @@ def _train_step(model, ema, opt_state, cores, times, step, step_key, kernel, spe
     loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
     params = eqx.filter(model, eqx.is_inexact_array)
     updates, opt_state = optim.update(grads, opt_state, params)
-    model = _shard(eqx.apply_updates(model, updates), mesh, batch=False)
+    model = constrain(eqx.apply_updates(model, updates), mesh, batch=False)
 
     # EDM's EMA: half-life in steps, ramped up early so the EMA is useful in short runs
     halflife = jnp.minimum(spec.ema_halflife, spec.ema_rampup * (step + 1).astype(jnp.float32))
@@ -243,32 +229,63 @@ def _init_state(config: PriorConfig, core_shape: tuple[int, ...], key: PRNGKeyAr
     return model, model, opt_state
 
 
-def _save(path: Path, header: dict, model, ema, opt_state, step: int, key) -> None:
-    tree = (model, ema, opt_state, jnp.asarray(step, jnp.int32), jax.random.key_data(key))
-    save_checkpoint(path, {**header, "step": int(step)}, tree, overwrite=True, argument="checkpoint_dir")
+class _PriorTrainer:
+    """The state of one prior training run (network, EMA, optimiser), and what
+    `sdift_prob.training.run_loop` asks of it (a unit is one optimiser step)."""
 
+    def __init__(self, config: PriorConfig, spec: _StepSpec, x_all, times, kernel: TemporalKernel, key,
+                 header: dict[str, Any]):
+        self.config, self.spec, self.kernel, self.key, self.header = config, spec, kernel, key, header
+        self.x_all, self.times_j = x_all, jnp.asarray(times, jnp.float32)
+        self.init_key, self.step_key = jax.random.split(key)
+        self.core_shape = tuple(x_all.shape[2:])
+        self.loop = LoopState()
+        self.mesh = None
 
-def _load(path: Path, config: PriorConfig, core_shape, key):
-    like = eqx.filter_eval_shape(
-        lambda k: (*_init_state(config, core_shape, k), jnp.zeros((), jnp.int32), jax.random.key_data(k)), key
-    )
-    header, (model, ema, opt_state, step, key_data) = load_checkpoint(path, like, kind=CHECKPOINT_KIND)
-    return header, model, ema, opt_state, int(step), key_data
+    def start_fresh(self) -> None:
+        self.model, self.ema, self.opt_state = _init_state(self.config, self.core_shape, self.init_key)
 
-
-def _check_resumable(header: dict, config: PriorConfig, fingerprint: str, key_data: np.ndarray, path: Path) -> None:
-    saved = header.get("config", {})
-    now = config.to_dict()
-    differ = sorted(k for k in set(saved) | set(now) if k not in _RESUMABLE_CHANGES and saved.get(k) != now.get(k))
-    if differ:
-        raise InputError(
-            f"{path}: the checkpoint was made with other settings ({', '.join(f'{k}={saved.get(k)!r}' for k in differ)}); "
-            "use the same settings, or resume=False (--no-resume) to start afresh"
+    def restore(self, checkpoint: CheckpointFile) -> int:
+        """Continue from `checkpoint` (same settings but `steps` / `checkpoint_every`, same data and
+        key); return the step it was saved after."""
+        path, header = checkpoint.path, self.header
+        saved = checkpoint.read_header()
+        check_settings(saved.get("config", {}), header["config"], path, may_change=_RESUMABLE_CHANGES)
+        check_matches(saved, {"data_fingerprint": header["data_fingerprint"]}, path,
+                      "the checkpoint was trained on other cores or times; use resume=False to start afresh")
+        check_matches(saved, {"key_data": header["key_data"]}, path,
+                      "the checkpoint was trained with another key/seed; pass the same one or resume=False")
+        like = eqx.filter_eval_shape(
+            lambda k: (*_init_state(self.config, self.core_shape, k), jnp.zeros((), jnp.int32),
+                       jax.random.key_data(k)), self.key
         )
-    if header.get("data_fingerprint") != fingerprint:
-        raise InputError(f"{path}: the checkpoint was trained on other cores or times; use resume=False to start afresh")
-    if header.get("key_data") != np.asarray(key_data).tolist():
-        raise InputError(f"{path}: the checkpoint was trained with another key/seed; pass the same one or resume=False")
+        _, (self.model, self.ema, self.opt_state, step, _) = checkpoint.load(like)
+        start = int(step)
+        self.loop = LoopState(start, list(saved.get("loss_history", []))[:start])
+        return start
+
+    def run_unit(self, unit: int) -> float:
+        self.model, self.ema, self.opt_state, loss = _train_step(
+            self.model, self.ema, self.opt_state, self.x_all, self.times_j, jnp.asarray(unit - 1, jnp.int32),
+            self.step_key, self.kernel, self.spec, self.mesh,
+        )
+        return float(loss)
+
+    def nonfinite_message(self, unit: int, loss: float) -> str:
+        return f"train_prior: the loss became {loss} at step {unit - 1}; lower lr or grad_clip, or check the cores"
+
+    def record(self, unit: int, loss: float) -> tuple[dict[str, str] | None, bool]:
+        if unit % 10 == 0 or unit == self.config.steps:
+            return {"loss": f"{np.mean(self.loop.losses[-10:]):.4f}"}, False
+        return None, False
+
+    def checkpoint_contents(self) -> tuple[dict[str, Any], Any]:
+        step = self.loop.unit
+        tree = (self.model, self.ema, self.opt_state, jnp.asarray(step, jnp.int32), jax.random.key_data(self.key))
+        return {**self.header, "loss_history": self.loop.losses[:step], "step": int(step)}, tree
+
+
+# ---- the public entry point --------------------------------------------------------------------
 
 
 # ---- the public entry point --------------------------------------------------------------------
@@ -288,6 +305,7 @@ def _validate_inputs(cores, times_norm) -> tuple[np.ndarray, np.ndarray]:
     if float(c.std()) == 0.0:
         raise bad_input("cores", "cores that are not all equal", "constant cores")
     return c.astype(np.float32), t
+
 
 
 def train_prior(
@@ -331,20 +349,49 @@ def train_prior(
     config = PriorConfig() if config is None else config
     if not isinstance(config, PriorConfig):
         raise bad_input("config", "a PriorConfig", type(config).__name__)
+    c, t, L, W_max = _check_inputs(cores, times_norm, config)
+    key = jax.random.key(config.seed) if key is None else key
+    core_mean, core_std, x_all, kernel = _normalise(c, t, config)
+    header = {
+        "sdift_kind": CHECKPOINT_KIND,
+        "config": config.to_dict(),
+        "core_shape": list(c.shape[2:]),
+        "core_mean": core_mean,
+        "core_std": core_std,
+        "kernel": kernel.to_dict(),
+        "data_fingerprint": _fingerprint(c, t),
+        "key_data": np.asarray(jax.random.key_data(key)).tolist(),
+        "key_impl": str(jax.random.key_impl(key)),
+    }
+    checkpoint = CheckpointFile(checkpoint_dir, CHECKPOINT_NAME, CHECKPOINT_KIND)
+    trainer = _PriorTrainer(config, _StepSpec.of(config, L, W_max), x_all, t, kernel, key, header)
+    resumed_from = trainer.restore(checkpoint) if resume and checkpoint.exists() else None
+    if resumed_from is None:
+        trainer.start_fresh()
+    n_dev, trainer.mesh = data_parallel(devices, config.batch_size, what="batch_size")
+    settings = LoopSettings("training", "step", config.steps, "train prior", progress, config.checkpoint_every,
+                            callback)
+    times = run_loop(trainer, trainer.loop, settings, checkpoint)
+    prior = GPSDPrior(trainer.ema, config.edm, kernel, core_mean, core_std)
+    return prior, _report(trainer, times, resumed_from, n_dev, c.shape, L, W_max)
+
+
+def _check_inputs(cores, times_norm, config: PriorConfig) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The cores (float32) and times, checked, and the sub-sequence length and largest window."""
     c, t = _validate_inputs(cores, times_norm)
-    B, T = c.shape[:2]
-    core_shape = tuple(c.shape[2:])
+    T = c.shape[1]
     L = T if config.seq_len is None else config.seq_len
     if L > T:
         raise bad_input("config.seq_len", f"at most the number of frames T = {T}", L)
     W_max = min(T, 2 * L) if config.max_window is None else config.max_window
     if not L <= W_max <= T:
         raise bad_input("config.max_window", f"between seq_len = {L} and T = {T}", W_max)
-    key = jax.random.key(config.seed) if key is None else key
-    key_data = np.asarray(jax.random.key_data(key))
-    init_key, step_key = jax.random.split(key)
+    return c, t, L, W_max
 
-    # normalised training cores get std sigma_data (EDM's data scale): W = core_mean + core_std x
+
+def _normalise(c: np.ndarray, t: np.ndarray, config: PriorConfig):
+    """`(core_mean, core_std, normalised cores, noise kernel)`: the normalised training cores
+    have std sigma_data (EDM's data scale), W = core_mean + core_std x."""
     core_mean, core_std = float(c.mean()), float(c.std()) / config.edm.sigma_data
     x_all = jnp.asarray((c - core_mean) / core_std, jnp.float32)
     kernel = TemporalKernel(config.kernel, float(config.lengthscale), float(config.kernel_variance))
@@ -354,97 +401,15 @@ def train_prior(
         kernel = TemporalKernel(kernel.name, float(kernel.lengthscale), float(kernel.variance))
     # factor the full grid once on the host: a clear error now rather than NaNs in the loop
     time_cholesky(kernel, t, config.edm.jitter)
+    return core_mean, core_std, x_all, kernel
 
-    fingerprint = _fingerprint(c, t)
-    header = {
-        "sdift_kind": CHECKPOINT_KIND,
-        "config": config.to_dict(),
-        "core_shape": list(core_shape),
-        "core_mean": core_mean,
-        "core_std": core_std,
-        "kernel": kernel.to_dict(),
-        "data_fingerprint": fingerprint,
-        "key_data": key_data.tolist(),
-        "key_impl": str(jax.random.key_impl(key)),
-    }
 
-    path = None
-    if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path = checkpoint_dir / CHECKPOINT_NAME
-
-    losses: list[float] = []
-    resumed_from = None
-    if path is not None and resume and path.exists():
-        saved = read_header(path, kind=CHECKPOINT_KIND)
-        _check_resumable(saved, config, fingerprint, key_data, path)
-        _, model, ema, opt_state, start, _ = _load(path, config, core_shape, key)
-        losses = list(saved.get("loss_history", []))[:start]
-        resumed_from = start
-    else:
-        model, ema, opt_state = _init_state(config, core_shape, init_key)
-        start = 0
-
-    times_j = jnp.asarray(t, jnp.float32)
-    spec = _StepSpec.of(config, L, W_max)
-    n_dev = resolve_devices(devices, config.batch_size, what="batch_size")
-    mesh = device_mesh(n_dev, BATCH_AXIS) if n_dev > 1 else None
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            handlers[sig] = signal.signal(sig, on_signal)
-
-    def save(step):
-        if path is not None:
-            _save(path, {**header, "loss_history": losses[:step]}, model, ema, opt_state, step, key)
-
-    t_start = time.perf_counter()
-    step = start
-    first_step = None
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train prior", unit="step")
-    try:
-        while step < config.steps:
-            model, ema, opt_state, loss = _train_step(
-                model, ema, opt_state, x_all, times_j, jnp.asarray(step, jnp.int32), step_key, kernel, spec, mesh
-            )
-            loss = float(loss)
-            if not math.isfinite(loss):
-                raise NumericalError(
-                    f"train_prior: the loss became {loss} at step {step}; lower lr or grad_clip, or check the cores"
-                )
-            losses.append(loss)
-            step += 1
-            if step == start + 1:
-                first_step = time.perf_counter() - t_start  # includes compilation
-            bar.update(1)
-            if step % 10 == 0 or step == config.steps:
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
-            if callback is not None:
-                callback(step, loss)
-            if stop["signal"] is not None:
-                save(step)
-                where = f"checkpoint saved to {path}; rerun to resume" if path else "no checkpoint_dir, nothing saved"
-                raise TrainingInterrupted(
-                    f"training interrupted by signal {signal.Signals(stop['signal']).name} after step {step}; {where}",
-                    step, path,
-                )
-            if step % config.checkpoint_every == 0 and step < config.steps:
-                save(step)
-        if step > start or (path is not None and not path.exists()):
-            save(step)
-    finally:
-        bar.close()
-        for sig, old in handlers.items():
-            signal.signal(sig, old)
-    wall = time.perf_counter() - t_start
-
-    prior = GPSDPrior(ema, config.edm, kernel, core_mean, core_std)
+def _report(trainer: _PriorTrainer, times: LoopTimes, resumed_from: int | None, n_dev: int, shape, L: int,
+            W_max: int) -> dict[str, Any]:
+    """The JSON-ready report of `train_prior`."""
+    config, losses, step = trainer.config, trainer.loop.losses, trainer.loop.unit
+    start = resumed_from or 0
+    wall, first_step = times.wall_s, times.first_unit_s
     run = step - start
     report = {
         "steps": step,
@@ -456,16 +421,16 @@ def train_prior(
         "steps_per_s": run / wall if run and wall > 0 else None,
         "first_step_s": first_step,
         "steps_per_s_after_first": (run - 1) / (wall - first_step) if run > 1 and wall > first_step else None,
-        "num_parameters": count_parameters(ema),
-        "num_sequences": B,
-        "num_frames": T,
+        "num_parameters": count_parameters(trainer.ema),
+        "num_sequences": shape[0],
+        "num_frames": shape[1],
         "seq_len": L,
         "max_window": W_max,
         "config": config.to_dict(),
-        "kernel": kernel.to_dict(),
-        "core_mean": core_mean,
-        "core_std": core_std,
+        "kernel": trainer.kernel.to_dict(),
+        "core_mean": trainer.header["core_mean"],
+        "core_std": trainer.header["core_std"],
         "devices": n_dev,
     }
     json.dumps(report)  # fail here, not later, if something is not JSON-ready
-    return prior, report
+    return report
