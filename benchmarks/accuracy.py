@@ -79,7 +79,7 @@ from inference.report import evaluate
 from sdift_prob import pretrained
 from sdift_prob.baselines import fit_kriging, linear_interpolation, training_mean_field
 from sdift_prob.data.fields import load_fields, train_part
-from sdift_prob.data.observations import sample_observations, select_trajectory
+from sdift_prob.data.sampling import sample_observations, select_trajectory
 from sdift_prob.errors import NumericalError
 from sdift_prob.io import write_json
 from sdift_prob.metrics import (

@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 from sdift_prob.data.observations import ObservationSet
 from sdift_prob.errors import NumericalError, bad_input
-from sdift_prob.metrics import crps_ensemble, interval_bounds, interval_coverage
+from sdift_prob.metrics import INTERVAL_METHODS, crps_ensemble, interval_bounds, interval_coverage
+from sdift_prob.validation import check_count, check_key
 
 __all__ = [
     "DEFAULT_TEMPERATURES",
@@ -79,12 +80,6 @@ SamplePredictive = Callable[[PRNGKeyArray, ObservationSet, ObservationSet, float
 """`sample_predictive(key, obs_fit, obs_held, zeta) -> draws (S, N_held)`: predictive draws of
 the held-out values (physical units, observation noise included) given `obs_fit`, with
 guidance strength `zeta`."""
-
-
-def _check_key(key: Any, argument: str = "key") -> None:
-    if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)) \
-            or key.shape != ():
-        raise bad_input(argument, "a single typed PRNG key from jax.random.key(seed)", key)
 
 
 def _check_number(value: Any, argument: str, *, positive: bool = False, unit_open: bool = False) -> float:
@@ -169,7 +164,7 @@ def holdout_split(
 
     **Returns:** boolean `(N,)`, True = held out.
     """
-    _check_key(key)
+    check_key(key)
     if not isinstance(obs, ObservationSet):
         raise bad_input("obs", "an ObservationSet", type(obs).__name__)
     frac = _check_number(holdout_fraction, "holdout_fraction", unit_open=True)
@@ -364,7 +359,7 @@ def calibrate(
     every ζ gave non-finite draws, or no temperature reaches a nominal level (draws without
     spread at too many held-out points).
     """
-    _check_key(key)
+    check_key(key)
     if not callable(sample_predictive):
         raise bad_input("sample_predictive", "a callable (key, obs_fit, obs_held, zeta) -> draws (S, N_held)",
                         sample_predictive)
@@ -499,12 +494,10 @@ def kfold_split(
 
     **Returns:** int64 `(N,)` fold ids in `0..n_folds-1`, every fold non-empty.
     """
-    _check_key(key)
+    check_key(key)
     if not isinstance(obs, ObservationSet):
         raise bad_input("obs", "an ObservationSet", type(obs).__name__)
-    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
-        raise bad_input("n_folds", "an int >= 2", n_folds)
-    k = int(n_folds)
+    k = check_count(n_folds, "n_folds", minimum=2)
     frac = _check_number(frame_fraction, "frame_fraction")
     if not 0.0 <= frac < 1.0:
         raise bad_input("frame_fraction", "a number in [0, 1)", frame_fraction)
@@ -653,7 +646,7 @@ def predict_folds(
 
     **Returns:** `FoldPredictions`.
     """
-    _check_key(key)
+    check_key(key)
     if not callable(predict):
         raise bad_input("predict", "a callable (key, obs_fit, obs_held) -> (field, noise_sd[, log_lik])", predict)
     if not isinstance(obs, ObservationSet):
@@ -822,9 +815,7 @@ def calibrate_folds(
     """
     import xarray as xr
 
-    from sdift_prob.metrics import INTERVAL_METHODS
-
-    _check_key(key)
+    check_key(key)
     if not isinstance(predictions, FoldPredictions):
         raise bad_input("predictions", "a FoldPredictions from predict_folds", type(predictions).__name__)
     level_grid = _check_grid(levels, "levels", positive=False, unit_open=True)
@@ -892,7 +883,7 @@ def calibrate_kfold(
     cross-validated field temperature with in-fold and out-of-fold coverage side by side (see
     `calibrate_folds` for what it can and cannot detect). `frame_fraction > 0` holds whole time stamps
     out too, so the frames without data get their own figures."""
-    _check_key(key)
+    check_key(key)
     k_pred, k_cal = jax.random.split(key)
     preds = predict_folds(k_pred, predict, obs, n_folds=n_folds, frame_fraction=frame_fraction,
                           likelihood=likelihood, df=df, progress=progress)

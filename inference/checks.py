@@ -34,7 +34,8 @@ from jaxtyping import PRNGKeyArray
 from scipy import stats
 from scipy.special import logsumexp
 
-from sdift_prob.errors import bad_input
+from sdift_prob.errors import NumericalError, bad_input
+from sdift_prob.validation import check_count, check_key
 
 from . import report
 from .calibrate import FoldPredictions
@@ -51,16 +52,12 @@ __all__ = [
 ]
 
 
-def _check_key(key: Any) -> None:
-    report._check_key(key)
-
-
 def _replicates(replicates: Any, n_replicates: Any, key: Any) -> list[tuple[Any, Any]]:
     """The (truth, idata) pairs: as given, or from `replicates(key_r)` for r < n_replicates."""
     if callable(replicates):
         if isinstance(n_replicates, bool) or not isinstance(n_replicates, (int, np.integer)) or n_replicates < 1:
             raise bad_input("n_replicates", "an int >= 1 when replicates is a callable", n_replicates)
-        _check_key(key)
+        check_key(key)
         pairs = []
         for r in range(int(n_replicates)):
             out = replicates(jax.random.fold_in(key, r))
@@ -102,8 +99,7 @@ def rank_histogram(ranks: Any, n_draws: int, n_bins: int | None = None) -> xr.Da
     r = np.asarray(ranks)
     if r.dtype.kind not in "iu":
         raise bad_input("ranks", "integer ranks", f"dtype {r.dtype}")
-    if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
-        raise bad_input("n_draws", "an int >= 1", n_draws)
+    check_count(n_draws, "n_draws")
     r = r.ravel()
     if r.size == 0 or r.min() < 0 or r.max() > n_draws:
         raise bad_input("ranks", f"a non-empty array of ranks in 0..{n_draws}", f"range {r.min(initial=0)}..{r.max(initial=0)}")
@@ -169,11 +165,10 @@ def replicate_checks(
         raise bad_input("key", "a typed PRNG key when replicates is a callable", key)
     pairs = _replicates(replicates, n_replicates, key)
     key = jax.random.key(0) if key is None else key
-    _check_key(key)
+    check_key(key)
     report._check_method(method)
     lv = report._check_levels(levels)
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
-        raise bad_input("n_bins", "an int >= 2", n_bins)
+    check_count(n_bins, "n_bins", minimum=2)
     cov = np.empty((len(pairs), len(lv)))
     crps = np.empty(len(pairs))
     pits, n_draws = [], set()
@@ -241,7 +236,7 @@ def sbc(
     **Returns:** the `rank_histogram` Dataset plus `rank (replicate, entry)` (-1 where a replicate has
     fewer entries or a missing truth) and attr `n_replicates`.
     """
-    _check_key(key)
+    check_key(key)
     pairs = _replicates(replicates, n_replicates, jax.random.fold_in(key, 1))
     if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(max_entries, (int, np.integer))
                                     or max_entries < 1):
@@ -519,8 +514,6 @@ def elpd(idata: Any, predictions: FoldPredictions | None = None, *, var_name: st
     kfold_elpd(predictions))` when `predictions` (from `predict_folds` on the same observations) are
     given, and a `NumericalError` naming the count when they are not.
     """
-    from sdift_prob.errors import NumericalError
-
     result = report.loo(idata, var_name=var_name, k_threshold=k_threshold, max_bad_fraction=max_bad_fraction,
                         on_unreliable="ignore")
     if result["loo_reliable"]:

@@ -37,6 +37,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from sdift_prob.errors import InputError, bad_input
+from sdift_prob.ftm.tucker import basis_matrices
 
 __all__ = ["Constraint", "Residual", "Bounds", "Dynamics", "FieldDecoder", "log_potential", "constraint_factor",
            "bind_constraints"]
@@ -87,8 +88,6 @@ class FieldDecoder(eqx.Module):
         """The decoder of a fitted `FunctionalTucker` on `grids` (K 1-D physical coordinate
         arrays), in physical units with `normalizer` (an `sdift_prob.data.fields.Normalizer`),
         else normalised units."""
-        from sdift_prob.ftm.tucker import basis_matrices
-
         bases = basis_matrices(model, grids)
         coords = tuple(jnp.asarray(np.asarray(g, np.float64), bases[0].dtype) for g in grids)
         off, sc = (0.0, 1.0) if normalizer is None else (float(normalizer.mean), float(normalizer.std))

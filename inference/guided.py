@@ -71,6 +71,7 @@ from sdift_prob.gp import TemporalKernel, loo_weights
 from sdift_prob.gpsd.edm import EDMConfig, karras_sigmas
 from sdift_prob.parallel import DRAWS_AXIS, TRAJECTORY_AXIS, device_count
 from sdift_prob.parallel import mesh as device_mesh
+from sdift_prob.validation import check_count
 
 from .constraints import Constraint, FieldDecoder, bind_constraints
 from .guidance import (
@@ -210,9 +211,7 @@ class GuidedConfig(eqx.Module):
         choice("zeta_schedule", ZETA_SCHEDULES)
         choice("likelihood", LIKELIHOODS)
         for name in ("num_steps", "mh_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise bad_input(name, "an integer >= 1", v)
+            check_count(getattr(self, name), name)
         number("zeta", 0.0, strict=False)
         number("lam", 0.0, strict=False)
         number("message_jitter", 0.0, strict=False)
@@ -1253,8 +1252,7 @@ def sample_posterior(
     """
     if not callable(denoise):
         raise bad_input("denoise", "a callable denoise(x, sigma, t) -> x0", type(denoise).__name__)
-    if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
-        raise bad_input("num_draws", "an integer >= 1", num_draws)
+    check_count(num_draws, "num_draws")
     if chunk_size is None:
         chunk_size = int(num_draws)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
@@ -1371,8 +1369,7 @@ def sample_posterior_many(
     """
     if not callable(denoise):
         raise bad_input("denoise", "a callable denoise(x, sigma, t) -> x0", type(denoise).__name__)
-    if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
-        raise bad_input("num_draws", "an integer >= 1", num_draws)
+    check_count(num_draws, "num_draws")
     lists = {"designs": designs, "paddeds": paddeds, "times_norm": times_norm, "noise_chols": noise_chols}
     sizes = {name: len(v) if isinstance(v, (list, tuple)) else None for name, v in lists.items()}
     if None in sizes.values() or len(set(sizes.values())) != 1 or sizes["designs"] == 0:

@@ -40,7 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
+from models.observation import observation_model
 from sdift_prob.errors import bad_input
+from sdift_prob.validation import check_count
 
 __all__ = [
     "SIGMA_LIKELIHOODS",
@@ -67,12 +69,6 @@ def _check_positive(value: Any, argument: str) -> float:
     if not (np.isfinite(v) and v > 0):
         raise bad_input(argument, "a positive finite number", value)
     return v
-
-
-def _check_count(value: Any, argument: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise bad_input(argument, f"an integer >= {minimum}", value)
-    return int(value)
 
 
 def _check_likelihood(likelihood: Any) -> str:
@@ -149,7 +145,7 @@ def sigma_metropolis(
     """
     if not callable(log_density):
         raise bad_input("log_density", "a callable sigma -> log density", type(log_density).__name__)
-    num_steps = _check_count(num_steps, "num_steps", 1)
+    num_steps = check_count(num_steps, "num_steps")
     _check_positive(step_size, "step_size")
     sigma = jnp.asarray(sigma)
     if sigma.shape != ():
@@ -200,8 +196,6 @@ def sigma_log_density(
     **Returns:** the log density (scalar).
     """
     from numpyro.infer.util import log_density
-
-    from models.observation import observation_model
 
     _check_likelihood(likelihood)
     kwargs = dict(likelihood_params or {})
@@ -360,8 +354,8 @@ def sigma_posterior_nuts(
     from numpyro.infer import MCMC, NUTS, init_to_value
 
     _check_likelihood(likelihood)
-    num_warmup = _check_count(num_warmup, "num_warmup", 1)
-    num_samples = _check_count(num_samples, "num_samples", 1)
+    num_warmup = check_count(num_warmup, "num_warmup")
+    num_samples = check_count(num_samples, "num_samples")
     _check_positive(prior_scale, "prior_scale")
     draws = jnp.asarray(cores_draws)
     design = jnp.asarray(design)

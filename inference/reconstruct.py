@@ -22,16 +22,22 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from models.gp_prior import GPPriorParams, sample_conjugate
 from sdift_prob import __version__
 from sdift_prob.data.observations import ObservationSet, PaddedObservations
-from sdift_prob.errors import InputError, bad_input
+from sdift_prob.errors import InputError, UntestedSettingWarning, bad_input, warn_untested_steps
 from sdift_prob.ftm import FTMFit, decode_grid, design_rows, load_run
-from sdift_prob.gp import gram_float64
+from sdift_prob.gp import TemporalKernel, fit_lengthscale, gram_float64
+from sdift_prob.gpsd import load_prior
 from sdift_prob.run import read_manifest
+from sdift_prob.validation import check_count, check_key
 
-from . import report
+from . import report, self_checks
+from .calibrate import FOLD_LIKELIHOODS, calibrate, fold_log_lik, predict_folds
+from .constraints import Constraint, Dynamics, FieldDecoder
 from .guidance import Fisher, MomentMatching
 from .guided import GuidedConfig, sample_posterior, union_times
+from .preconditioners import PriorSpectrum
 from .sigma_marginal import sigma_posterior
 
 SAMPLERS = ("mmps", "mpdps", "dps", "gp")
@@ -77,8 +83,6 @@ class Run:
     @functools.cached_property
     def gp_params(self) -> Any:
         """GP temporal prior fitted to the training cores (the `gp` baseline), computed once."""
-        from models.gp_prior import GPPriorParams
-
         return GPPriorParams.from_training_cores(np.asarray(self.ftm.cores), self.ftm.normalised_times())
 
 
@@ -117,8 +121,6 @@ class Run:
         """Principal axes and variances of the training cores' per-frame covariance in the
         prior's normalised units (`inference.preconditioners.PriorSpectrum`, for the MMPS
         preconditioner), computed once; None without a prior."""
-        from .preconditioners import PriorSpectrum
-
         if self.prior is None:
             return None
         cores = np.asarray(self.ftm.cores, dtype=np.float64)
@@ -129,9 +131,7 @@ class Run:
     def training_range(self) -> tuple[float, float]:
         """`(min, max)` of the training fields as decoded by the FTM, normalised units (a subset
         of the trajectories; `inference.self_checks.training_range`), computed once."""
-        from .self_checks import training_range
-
-        return training_range(self.ftm.model, self.ftm.cores, self.ftm.grids)
+        return self_checks.training_range(self.ftm.model, self.ftm.cores, self.ftm.grids)
 
     @functools.cached_property
     def fitted_message_kernel(self) -> Any:
@@ -143,8 +143,6 @@ class Run:
         correlation ≈ 0.5) its leave-one-out messages then carry wrong evidence. The Matérn-1/2
         (Markov) kernel fitted to the training cores gives each frame's LOO prediction from its
         neighbours only, with weights bounded by 1/2, at the correlation the data show."""
-        from sdift_prob.gp import TemporalKernel, fit_lengthscale
-
         cores = np.asarray(self.ftm.cores, dtype=np.float64)
         z = (cores - cores.mean(axis=(0, 1))) / cores.std(axis=(0, 1))
         return fit_lengthscale(z, self.ftm.normalised_times(), TemporalKernel("matern12", 0.1, 1.0),
@@ -233,8 +231,6 @@ def open_run(run_dir: str | os.PathLike, *, require_prior: bool = False) -> Run:
     sections = read_manifest(path, verify=False).get("sections", {})  # load_run verified it
     prior = None
     if "prior" in sections:
-        from sdift_prob.gpsd import load_prior
-
         prior = load_prior(path)
     elif require_prior:
         raise InputError(
@@ -420,8 +416,7 @@ def reconstruct(
     if tuple(obs.space_dims) != run.space_dims:
         raise bad_input("obs.space_dims", f"the run's space dims {run.space_dims}", tuple(obs.space_dims))
     for name, v in (("draws", draws), ("chains", chains)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise bad_input(name, "an integer >= 1", v)
+        check_count(v, name)
     if message_kernel not in ("reference", "fitted"):
         raise bad_input("message_kernel", "'reference' or 'fitted'", message_kernel)
     if sampler != "gp" and run.prior is None:
@@ -526,8 +521,6 @@ def reconstruct(
         if likelihood != "gaussian":
             raise bad_input("likelihood", "'gaussian' for the gp sampler (its posterior is exact only there)",
                             likelihood)
-        from models.gp_prior import sample_conjugate
-
         sigma_arg = sigma_y if conditioned else 1.0
         core_draws = np.asarray(
             sample_conjugate(key, run.gp_params, design, padded, sigma_arg, times_norm, n_total)
@@ -553,8 +546,6 @@ def reconstruct(
                                       zeta=0.0, sigma_y=1.0, infer_sigma=False)
         decoder = None
         if active:
-            from .constraints import FieldDecoder
-
             c_grids = _output_grids(run, constraint_grids, 1) if constraint_grids is not None else tuple(ftm.grids)
             decoder = FieldDecoder.from_ftm(ftm.model, c_grids, normalizer)
         chol = prior.noise_cholesky(jnp.asarray(times_norm))
@@ -664,8 +655,6 @@ def calibrate_reconstruction(
 
     **Returns:** `inference.calibrate.CalibrationResult`.
     """
-    from .calibrate import calibrate
-
     base = sampler_config(sampler, config)
 
     def sample_predictive(k: PRNGKeyArray, obs_fit: ObservationSet, obs_held: ObservationSet, zeta: float):
@@ -747,8 +736,6 @@ def predict_folds_reconstruction(
 
     **Returns:** `inference.calibrate.FoldPredictions`.
     """
-    from .calibrate import FOLD_LIKELIHOODS, predict_folds
-
     if likelihood not in FOLD_LIKELIHOODS:
         raise bad_input("likelihood", f"one of {FOLD_LIKELIHOODS}", likelihood)
     base = config if sampler == "gp" else sampler_config(sampler, config)
@@ -770,8 +757,6 @@ def temper_reconstruction(run: Run, idata: Any, obs: ObservationSet, tau: float,
     (each replicate keeps its noise), and the log-likelihood recomputed when the likelihood is one of
     "gaussian", "laplace", "student_t" and the recomputation reproduces the stored values at τ = 1
     (otherwise the group is removed, and the attrs say so). `sigma`: as given to `reconstruct`."""
-    from .calibrate import FOLD_LIKELIHOODS, fold_log_lik
-
     f_obs = field_at_observations(run, idata, obs) if "posterior_predictive" in idata.groups() else None
     log_lik_fn = None
     attrs = report.posterior_attrs(idata)
@@ -797,18 +782,14 @@ def _check_before_work(key: Any, sampler: str, config: Any) -> None:
     """What can be checked without the run or the data: a typed PRNG key (an int seed gives
     the usual one-line `InputError`, not a TypeError from inside JAX), and a loud
     `UntestedSettingWarning` for fewer sampler steps than tested (`gp` takes no steps)."""
-    from sdift_prob.errors import warn_untested_steps
-
-    report._check_key(key)
+    check_key(key)
     if sampler != "gp" and isinstance(config, GuidedConfig):
         warn_untested_steps(config.num_steps, "num_steps", stacklevel=3)
 
 
 def _check_settings(checks: Any, max_abs_zscore: Any, max_memory_gb: Any) -> None:
     """The self-check mode and the limits of the up-front checks, before any work."""
-    from .self_checks import check_mode
-
-    check_mode(checks)
+    self_checks.check_mode(checks)
     for name, v in (("max_abs_zscore", max_abs_zscore), ("max_memory_gb", max_memory_gb)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not (v > 0):
             raise bad_input(name, "a positive number (math.inf turns the check off)", v)
@@ -914,8 +895,6 @@ def _warn_far_times(out_times: np.ndarray, obs: ObservationSet, time_domain: tup
     `FAR_TIME_SPANS` training spans outside the training time range."""
     import warnings
 
-    from sdift_prob.errors import UntestedSettingWarning
-
     for name, t in (("times", out_times), ("obs.time", obs.time)):
         far = spans_outside(t, time_domain)
         if far > FAR_TIME_SPANS:
@@ -944,8 +923,6 @@ def _before_sampling(run: Run, obs: ObservationSet, *, out_times: np.ndarray, ou
 
 def _active_constraints(constraints: Any) -> list[Any]:
     """The constraints with a positive weight (checked to be `Constraint` objects)."""
-    from .constraints import Constraint
-
     if constraints is None:
         return []
     if isinstance(constraints, Constraint) or not isinstance(constraints, (list, tuple)):
@@ -958,8 +935,6 @@ def _active_constraints(constraints: Any) -> list[Any]:
 
 
 def _describe_constraint(c: Any, grid_times: np.ndarray) -> dict[str, Any]:
-    from .constraints import Dynamics
-
     if isinstance(c, Dynamics) and grid_times.size >= 2:
         c = c.bind_times(grid_times)
     return c.to_dict()
@@ -1035,8 +1010,6 @@ def _self_check(run: Run, field_norm: Any, core_draws: np.ndarray, design: np.nd
     results for the attrs. The residual uses the noise std the sampler used (normalised, with
     the representation error where it was added; `basis_error_known`: whether the run recorded
     that error); it is left out without a noise std (Poisson)."""
-    from . import self_checks
-
     normalizer = run.ftm.normalizer
     mask = np.asarray(padded.mask)
     scale: Any = None

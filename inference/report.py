@@ -44,7 +44,7 @@ import sdift_prob
 from models.observation import LIKELIHOODS, check_observation_inputs, observation_model
 from sdift_prob.data.fields import Normalizer
 from sdift_prob.data.observations import ObservationSet, PaddedObservations
-from sdift_prob.errors import FormatError, InputError, bad_input
+from sdift_prob.errors import FormatError, InputError, NumericalError, bad_input
 from sdift_prob.io import NETCDF_ENGINE, atomic_file, probe_hdf5
 from sdift_prob.metrics import (
     INTERVAL_METHODS,
@@ -58,6 +58,9 @@ from sdift_prob.metrics import (
     variogram_score,
     vrmse,
 )
+from sdift_prob.validation import check_key
+
+from .calibrate import apply_temperature
 
 __all__ = [
     "INFERENCE_LIBRARY",
@@ -104,12 +107,6 @@ def _numeric(x: Any, argument: str, *, allow_bool: bool = False) -> np.ndarray:
     if arr.dtype.kind not in kinds:
         raise bad_input(argument, "a numeric array", f"dtype {arr.dtype}")
     return arr
-
-
-def _check_key(key: Any, argument: str = "key") -> None:
-    if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)) \
-            or key.shape != ():
-        raise bad_input(argument, "a single typed PRNG key from jax.random.key(seed)", key)
 
 
 def _check_coordinate(values: Any, argument: str, length: int) -> np.ndarray:
@@ -418,7 +415,7 @@ def posterior_predictive(
     **Returns:** `(chain, draw, N)` in physical units (`normalizer.inverse` applied when given),
     in obs_id order.
     """
-    _check_key(key)
+    check_key(key)
     (c, s), core_shape, samples, design_j, padded_j, order, mask, chunk, kwargs = _model_batch(
         core_draws, design, padded, obs_order, likelihood, sigma_draws, sigma, normalizer, batch_size,
         model_kwargs,
@@ -1001,8 +998,6 @@ def loo(idata: az.InferenceData, *, var_name: str = "y", pointwise: bool = True,
     """
     import warnings
 
-    from sdift_prob.errors import NumericalError
-
     _log_likelihood(idata, var_name)
     if on_unreliable not in ("warn", "raise", "ignore"):
         raise bad_input("on_unreliable", "'warn', 'raise' or 'ignore'", on_unreliable)
@@ -1081,8 +1076,6 @@ def temper_posterior(
     **Returns:** a new InferenceData (the input is not changed). A posterior that was tempered
     already is refused (temper the original with the product of the two τ).
     """
-    from .calibrate import apply_temperature
-
     _check_idata(idata)
     if isinstance(tau, bool) or not isinstance(tau, (int, float, np.number)) or not (0 < tau < np.inf):
         raise bad_input("tau", "a finite temperature > 0", tau)

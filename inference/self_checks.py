@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from sdift_prob.errors import NumericalError, SelfCheckWarning, bad_input
+from sdift_prob.ftm import decode_grid
 
 # A field entry further than this many training stds outside the training range is a sampler that
 # diverged: the shipped ocean run's own posteriors stay within 0.3 stds of its training range
@@ -67,8 +68,6 @@ def check_mode(checks: Any) -> str:
 def training_range(model: Any, cores: Any, grids: Any) -> tuple[float, float]:
     """`(min, max)` in normalised units of the training fields as the FTM decodes them, over the
     first `RANGE_TRAJECTORIES` trajectories of `cores` `(B, T, R..)` on the training `grids`."""
-    from sdift_prob.ftm import decode_grid
-
     sub = np.asarray(cores)[:RANGE_TRAJECTORIES]
     field = np.asarray(decode_grid(model, sub, grids))
     return float(np.nanmin(field)), float(np.nanmax(field))

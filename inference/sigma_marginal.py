@@ -31,6 +31,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from sdift_prob.errors import bad_input
+from sdift_prob.validation import check_count
 
 __all__ = ["SigmaPosterior", "sigma_posterior", "MAX_POINTS"]
 
@@ -122,8 +123,7 @@ def sigma_posterior(
     s = float(prior_scale)
     if not (np.isfinite(s) and s > 0):
         raise bad_input("prior_scale", "a positive finite number", prior_scale)
-    if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or max_points < 2:
-        raise bad_input("max_points", "an integer >= 2", max_points)
+    check_count(max_points, "max_points", minimum=2)
     tm, pm = np.nonzero(m)
     n_points = tm.size
     if n_points < 2:

@@ -38,6 +38,7 @@ from sdift_prob.gp import (
     time_cholesky,
     validate_times,
 )
+from sdift_prob.validation import check_count
 
 __all__ = [
     "KroneckerTimeNormal",
@@ -449,8 +450,7 @@ def sample_conjugate(
 
     **Returns:** shape `(num_draws, M, R1..RK)`, in JAX's default float dtype.
     """
-    if not (isinstance(num_draws, int) and not isinstance(num_draws, bool) and num_draws >= 1):
-        raise bad_input("num_draws", "a positive integer", num_draws)
+    num_draws = check_count(num_draws, "num_draws")
     pb = _build_problem(params, design, padded, sigma, times)
     how = _choose(pb, method)
     M, D = pb.m0.shape

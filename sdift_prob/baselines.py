@@ -38,6 +38,7 @@ from scipy.spatial import QhullError
 
 from .data.observations import ObservationSet
 from .errors import InputError, bad_input
+from .validation import check_count, check_key
 
 __all__ = ["KRIGING_KERNELS", "KrigingModel", "fit_kriging", "linear_interpolation", "training_mean_field"]
 
@@ -224,11 +225,8 @@ class KrigingModel:
         t = np.asarray(time, dtype=np.float64).reshape(-1)
         if c.ndim != 2 or c.shape[0] != t.size or c.shape[1] + 1 != self._lo.size or t.size == 0:
             raise bad_input("coords", f"shape (N, {self._lo.size - 1}) with N >= 1, matching time (N,)", c.shape)
-        if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)) \
-                or key.shape != ():
-            raise bad_input("key", "a single typed PRNG key from jax.random.key(seed)", key)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise bad_input("n_samples", "an integer >= 1", n_samples)
+        check_key(key)
+        check_count(n_samples, "n_samples")
         x = (np.column_stack([c, t]) - self._lo) / self._scale
         with jax.enable_x64(True):
             mean, cov = _predict_dense(self._posterior, jnp.asarray(x))
@@ -328,8 +326,7 @@ def fit_kriging(
         raise bad_input("kernel", f"one of {KRIGING_KERNELS}", kernel)
     for name, v, lo in (("n_fit", n_fit, 10), ("max_iters", max_iters, 1), ("max_exact", max_exact, 10),
                         ("num_inducing", num_inducing, 10)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise bad_input(name, f"an integer >= {lo}", v)
+        check_count(v, name, minimum=lo)
     if not isinstance(obs, ObservationSet):
         raise bad_input("obs", "an ObservationSet", type(obs).__name__)
     if obs.n_points < 3:

@@ -8,6 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from . import plots, pretrained
+from .baselines import fit_kriging, linear_interpolation
+from .data import ObservationSet, load_fields, select_trajectory
+from .io import write_json
+from .metrics import vrmse
+
 
 def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, sampler: str = "mmps",
              progress: bool = True) -> tuple[dict[str, Any], str]:
@@ -28,12 +34,6 @@ def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, 
     from inference.calibrate import apply_temperature
     from inference.reconstruct import calibrate_reconstruction, open_run, reconstruct
     from inference.report import coverage, posterior_mean, save_posterior, vrmse_of_mean
-
-    from . import plots, pretrained
-    from .io import write_json
-    from .data.fields import load_fields
-    from .data.observations import ObservationSet, select_trajectory
-    from .metrics import vrmse
 
     started = time.perf_counter()
     bundle = pretrained.path("ocean")
@@ -67,8 +67,6 @@ def run_demo(*, out: str | Path = "demo-output", draws: int = 8, seed: int = 0, 
     field = idata.posterior["field"]
     climatology = run.ftm.decode().mean(axis=0)  # training-mean field (T, *space), physical units
     # Baselines on the same observations, for scale (sdift_prob.baselines).
-    from .baselines import fit_kriging, linear_interpolation
-
     grids = [truth[d].values for d in truth.dims[1:]]
     t_base = time.perf_counter()
     linear = linear_interpolation(obs, truth.time.values, grids)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, StaleReservationWarning
+from .errors import FormatError, InputError, StaleReservationWarning
 
 NETCDF_ENGINE = "h5netcdf"
 
@@ -249,8 +249,6 @@ def probe_hdf5(path: str | os.PathLike, timeout: float | None = None) -> None:
     import subprocess
     import sys
 
-    from .errors import FormatError
-
     if timeout is None:
         timeout = float(os.environ.get("SDIFT_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
     if timeout <= 0:
@@ -284,8 +282,6 @@ def read_netcdf(path: str | os.PathLike):
     netCDF file (h5py/h5netcdf raise many exception types on truncated or foreign files).
     """
     import xarray as xr
-
-    from .errors import FormatError
 
     p = Path(path)
     if not p.is_file():

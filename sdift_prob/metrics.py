@@ -23,6 +23,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from .errors import as_float64, bad_input
+from .validation import check_count, check_key
 
 
 def _array(x: Any, argument: str) -> np.ndarray:
@@ -289,9 +290,7 @@ def pit_values(
     y, x = _ensemble(truth, draws)
     if key is None:
         key = jax.random.key(0)
-    if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)) \
-            or key.shape != ():
-        raise bad_input("key", "a single typed PRNG key from jax.random.key(seed)", key)
+    check_key(key)
     s = x.shape[0]
     below = (x < y).sum(axis=0)
     ties = (x == y).sum(axis=0)
@@ -361,8 +360,7 @@ def _check_subsample(max_points: Any, seed: Any) -> None:
     if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer))
                                    or max_points < 2):
         raise bad_input("max_points", "None (whole frames) or an int >= 2", max_points)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise bad_input("seed", "an int >= 0", seed)
+    check_count(seed, "seed", minimum=0)
 
 
 def _frame_inputs(truth: Any, draws: Any) -> tuple[np.ndarray, np.ndarray]:

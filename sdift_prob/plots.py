@@ -16,6 +16,8 @@ import numpy as np
 import xarray as xr
 
 from .errors import bad_input
+from .io import atomic_file
+from .metrics import interval_coverage, pit_values
 
 
 def _plt():
@@ -276,7 +278,6 @@ def calibration(field: xr.DataArray, truth: xr.DataArray, *, levels: Sequence[fl
                 pit: np.ndarray | None = None) -> Any:
     """Calibration curve (nominal vs empirical central-interval coverage) and PIT histogram."""
     plt = _plt()
-    from .metrics import interval_coverage, pit_values
 
     field = _check_posterior(field)
     lv = tuple(np.linspace(0.1, 0.9, 9)) if levels is None else tuple(levels)
@@ -301,8 +302,6 @@ def animation(field: xr.DataArray, path: Any, *, fixed: dict[str, float] | None 
     """GIF of the posterior mean's evolution on a 2-D section (written atomically)."""
     plt = _plt()
     from matplotlib.animation import FuncAnimation, PillowWriter
-
-    from .io import atomic_file
 
     field = _check_posterior(field)
     space = field.dims[3:]

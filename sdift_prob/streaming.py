@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .data.fields import FIELD_KIND, validate_field_dataset
 from .errors import FormatError, InputError, bad_input
 from .io import NETCDF_ENGINE, probe_hdf5
 
@@ -36,8 +37,6 @@ def open_fields_lazy(path: str | os.PathLike) -> xr.Dataset:
     **Raises:** `InputError` when the file does not exist, `FormatError` when it is not a readable
     netCDF field collection.
     """
-    from .data.fields import FIELD_KIND, validate_field_dataset
-
     p = Path(path)
     if not p.is_file():
         raise InputError(f"path: expected an existing file, got {str(p)!r}")

@@ -11,7 +11,7 @@ from inference.reconstruct import open_run, reconstruct, sampler_config
 from inference.report import evaluate
 from sdift_prob import pretrained
 from sdift_prob.data import load_fields, select_trajectory
-from sdift_prob.data.observations import sample_observations
+from sdift_prob.data.sampling import sample_observations
 from sdift_prob.errors import InputError, NumericalError
 
 

@@ -1,4 +1,4 @@
-"""Bring your own data: `from_xarray` for fields, `ObservationSet.from_dataframe/from_xarray` for
+"""Bring your own data: `from_xarray` for fields, `observations_from_dataframe/_xarray` for
 points, NaN masks through the data layer, and the shipped example files."""
 
 import itertools
@@ -21,6 +21,8 @@ from sdift_prob.data import (
     from_xarray,
     load_fields,
     make_field_dataset,
+    observations_from_dataframe,
+    observations_from_xarray,
     sample_observations,
     save_fields,
     select_trajectory,
@@ -236,8 +238,8 @@ def test_from_dataframe_times_and_counts():
     df.loc[2, "when"] = pd.NaT
     df.loc[3, "z"] = np.nan
     df.loc[4, ["c", "z"]] = np.nan  # counted once, under its first reason (missing value)
-    obs = ObservationSet.from_dataframe(df, value="c", time="when", coords={"lat": "latitude", "lon": "longitude",
-                                        "depth": "z"}, noise_scale="err", noise_model="gaussian")
+    obs = observations_from_dataframe(df, value="c", time="when", coords={"lat": "latitude", "lon": "longitude",
+                                      "depth": "z"}, noise_scale="err", noise_model="gaussian")
     assert obs.space_dims == ("lat", "lon", "depth") and obs.n_points == 8
     assert obs.attrs["dropped"] == {"missing_value": 2, "missing_time": 1, "missing_coords": 1}
     assert obs.attrs["n_rows"] == 12 and obs.attrs["n_kept"] == 8
@@ -252,8 +254,8 @@ def test_from_dataframe_times_and_counts():
 
 def test_from_dataframe_time_formats(tmp_path):
     df = table()
-    ref = ObservationSet.from_dataframe(df, value="c", time="when", coords=["latitude", "longitude"],
-                                        time_origin="2019-12-31")
+    ref = observations_from_dataframe(df, value="c", time="when", coords=["latitude", "longitude"],
+                                      time_origin="2019-12-31")
     np.testing.assert_allclose(ref.time_stamps(), [1.0, 3.0, 5.0])
     assert ref.space_dims == ("latitude", "longitude") and np.isnan(ref.noise_scale).all()
     # ISO strings (with Z), a CSV round trip, a time-zone-aware column and a time index agree.
@@ -266,14 +268,14 @@ def test_from_dataframe_time_formats(tmp_path):
         df.set_index("when"),
     ]
     for v in variants:
-        obs = ObservationSet.from_dataframe(v, value="c", time="when", coords=["latitude", "longitude"],
-                                            time_origin="2019-12-31")
+        obs = observations_from_dataframe(v, value="c", time="when", coords=["latitude", "longitude"],
+                                          time_origin="2019-12-31")
         np.testing.assert_allclose(obs.time, ref.time + (3 / 24 if v is variants[2] else 0.0))
-    hours = ObservationSet.from_dataframe(df, value="c", time="when", coords=["latitude"], time_units="hours")
+    hours = observations_from_dataframe(df, value="c", time="when", coords=["latitude"], time_units="hours")
     np.testing.assert_allclose(hours.time_stamps(), [0.0, 48.0, 96.0])
     # Numeric times are used as they are.
-    num = ObservationSet.from_dataframe(df.assign(t=np.repeat([0.5, 1.5, 2.5], 4)), value="c", time="t",
-                                        coords=["latitude"], noise_scale=0.3)
+    num = observations_from_dataframe(df.assign(t=np.repeat([0.5, 1.5, 2.5], 4)), value="c", time="t",
+                                      coords=["latitude"], noise_scale=0.3)
     np.testing.assert_array_equal(num.time_stamps(), [0.5, 1.5, 2.5])
     np.testing.assert_array_equal(num.noise_scale, 0.3)
 
@@ -281,21 +283,21 @@ def test_from_dataframe_time_formats(tmp_path):
 def test_from_dataframe_errors_name_the_argument():
     df = table()
     with pytest.raises(InputError, match=r"value: expected a column of the table, one of \['when'"):
-        ObservationSet.from_dataframe(df, value="sound_speed", time="when", coords=["latitude"])
+        observations_from_dataframe(df, value="sound_speed", time="when", coords=["latitude"])
     with pytest.raises(InputError, match="time: expected a column of the table"):
-        ObservationSet.from_dataframe(df, value="c", coords=["latitude"])
+        observations_from_dataframe(df, value="c", coords=["latitude"])
     with pytest.raises(InputError, match="coords: expected a column of the table"):
-        ObservationSet.from_dataframe(df, value="c", time="when", coords={"lat": "LAT"})
+        observations_from_dataframe(df, value="c", time="when", coords={"lat": "LAT"})
     with pytest.raises(InputError, match="noise_scale: expected a column of the table"):
-        ObservationSet.from_dataframe(df, value="c", time="when", coords=["latitude"], noise_scale="sigma")
+        observations_from_dataframe(df, value="c", time="when", coords=["latitude"], noise_scale="sigma")
     with pytest.raises(InputError, match="coords: expected a mapping"):
-        ObservationSet.from_dataframe(df, value="c", time="when", coords="latitude")
+        observations_from_dataframe(df, value="c", time="when", coords="latitude")
     with pytest.raises(InputError, match="time: expected times as numbers, datetime64 values or date strings"):
-        ObservationSet.from_dataframe(df.assign(when="yesterday-ish"), value="c", time="when", coords=["latitude"])
+        observations_from_dataframe(df.assign(when="yesterday-ish"), value="c", time="when", coords=["latitude"])
     with pytest.raises(InputError, match="df: expected a pandas.DataFrame"):
-        ObservationSet.from_dataframe(df.to_dict(), value="c", coords=["latitude"])
+        observations_from_dataframe(df.to_dict(), value="c", coords=["latitude"])
     with pytest.raises(InputError, match="time_origin: expected a date"):
-        ObservationSet.from_dataframe(df, value="c", time="when", coords=["latitude"], time_origin="soon")
+        observations_from_dataframe(df, value="c", time="when", coords=["latitude"], time_origin="soon")
 
 
 # -- point observations: Argo-style profiles -----------------------------------------------------
@@ -320,9 +322,9 @@ def profiles():
 
 def test_from_xarray_flattens_profiles():
     ds = profiles()
-    obs = ObservationSet.from_xarray(ds, value="SOUND_SPEED", time="JULD",
-                                     coords={"lat": "LATITUDE", "lon": "LONGITUDE", "depth": "DEPTH"},
-                                     noise_scale="TEMP_ERR", noise_model="gaussian")
+    obs = observations_from_xarray(ds, value="SOUND_SPEED", time="JULD",
+                                   coords={"lat": "LATITUDE", "lon": "LONGITUDE", "depth": "DEPTH"},
+                                   noise_scale="TEMP_ERR", noise_model="gaussian")
     assert obs.n_points == 24 - 3 - 1
     assert obs.attrs["dropped"] == {"missing_value": 3, "missing_time": 0, "missing_coords": 1}
     assert obs.attrs["source"]["dims"] == {"N_PROF": 4, "N_LEVELS": 6} and obs.attrs["units"] == "m s-1"
@@ -334,8 +336,8 @@ def test_from_xarray_flattens_profiles():
     np.testing.assert_array_equal(obs.noise_scale, np.broadcast_to(ds["TEMP_ERR"].values[:, None], v.shape)[keep])
     # Dims in the other order give the same points (in that order).
     swapped = ds.transpose("N_LEVELS", "N_PROF")
-    other = ObservationSet.from_xarray(swapped, value="SOUND_SPEED", time="JULD",
-                                       coords={"lat": "LATITUDE", "lon": "LONGITUDE", "depth": "DEPTH"})
+    other = observations_from_xarray(swapped, value="SOUND_SPEED", time="JULD",
+                                     coords={"lat": "LATITUDE", "lon": "LONGITUDE", "depth": "DEPTH"})
     assert sorted(other.value) == sorted(obs.value)
 
 
@@ -343,15 +345,15 @@ def test_from_xarray_profile_errors():
     ds = profiles()
     coords = {"lat": "LATITUDE", "lon": "LONGITUDE", "depth": "DEPTH"}
     with pytest.raises(InputError, match="value: expected a variable or coordinate of the dataset, one of"):
-        ObservationSet.from_xarray(ds, value="TEMP", time="JULD", coords=coords)
+        observations_from_xarray(ds, value="TEMP", time="JULD", coords=coords)
     with pytest.raises(InputError, match="time: expected a variable or coordinate"):
-        ObservationSet.from_xarray(ds, value="SOUND_SPEED", coords=coords)
+        observations_from_xarray(ds, value="SOUND_SPEED", coords=coords)
     with pytest.raises(InputError, match="coords: expected a variable or coordinate"):
-        ObservationSet.from_xarray(ds, value="SOUND_SPEED", time="JULD", coords={"lat": "LAT"})
+        observations_from_xarray(ds, value="SOUND_SPEED", time="JULD", coords={"lat": "LAT"})
     with pytest.raises(InputError, match="variable 'DEPTH' with dims among those of 'LATITUDE'"):
-        ObservationSet.from_xarray(ds, value="LATITUDE", time="JULD", coords=coords)
+        observations_from_xarray(ds, value="LATITUDE", time="JULD", coords=coords)
     with pytest.raises(InputError, match="ds: expected an xr.Dataset"):
-        ObservationSet.from_xarray(ds["SOUND_SPEED"], value="SOUND_SPEED", time="JULD", coords=coords)
+        observations_from_xarray(ds["SOUND_SPEED"], value="SOUND_SPEED", time="JULD", coords=coords)
 
 
 def test_to_float_time_cf_numbers_and_durations():
@@ -369,11 +371,11 @@ def test_example_files_ship_and_read_from_any_directory(tmp_path):
     code = (
         "import xarray as xr, pandas as pd\n"
         "from sdift_prob import examples\n"
-        "from sdift_prob.data import ObservationSet\n"
+        "from sdift_prob.data import observations_from_dataframe, observations_from_xarray\n"
         "ds = xr.open_dataset(examples.path('argo_profiles.nc'), engine='h5netcdf')\n"
-        "a = ObservationSet.from_xarray(ds, value='SOUND_SPEED', time='JULD', coords={'lat': 'LATITUDE', "
+        "a = observations_from_xarray(ds, value='SOUND_SPEED', time='JULD', coords={'lat': 'LATITUDE', "
         "'lon': 'LONGITUDE', 'depth': 'DEPTH'}, noise_scale='SOUND_SPEED_ERROR', time_origin=examples.TIME_ORIGIN)\n"
-        "b = ObservationSet.from_dataframe(pd.read_csv(examples.path('ship_points.csv')), value='sound_speed', "
+        "b = observations_from_dataframe(pd.read_csv(examples.path('ship_points.csv')), value='sound_speed', "
         "coords={'lat': 'latitude', 'lon': 'longitude', 'depth': 'depth'}, noise_scale='sound_speed_error', "
         "time_origin=examples.TIME_ORIGIN)\n"
         "print(a.n_points, a.attrs['n_rows'], a.attrs['dropped']['missing_value'], a.time.max(), "
@@ -406,24 +408,24 @@ def test_example_script_is_deterministic(tmp_path):
     # The examples observe the shipped test trajectory: values are close to the truth.
     truth = select_trajectory(load_fields(Path(examples.ROOT).parent / "pretrained" / "ocean" /
                                           "test_trajectory.nc"), 0)
-    obs = ObservationSet.from_dataframe(pd.read_csv(examples.path("ship_points.csv")), value="sound_speed",
-                                        coords={"lat": "latitude", "lon": "longitude", "depth": "depth"},
-                                        time_origin=examples.TIME_ORIGIN)
+    obs = observations_from_dataframe(pd.read_csv(examples.path("ship_points.csv")), value="sound_speed",
+                                      coords={"lat": "latitude", "lon": "longitude", "depth": "depth"},
+                                      time_origin=examples.TIME_ORIGIN)
     assert obs.value.min() > float(truth.min()) - 5 and obs.value.max() < float(truth.max()) + 5
 
 
 def test_concatenate_sets():
-    a = ObservationSet.from_xarray(profiles(), value="SOUND_SPEED", time="JULD",
-                                   coords={"lat": "LATITUDE", "lon": "LONGITUDE", "depth": "DEPTH"},
-                                   noise_scale="TEMP_ERR", noise_model="gaussian")
+    a = observations_from_xarray(profiles(), value="SOUND_SPEED", time="JULD",
+                                 coords={"lat": "LATITUDE", "lon": "LONGITUDE", "depth": "DEPTH"},
+                                 noise_scale="TEMP_ERR", noise_model="gaussian")
     df = table()
-    b = ObservationSet.from_dataframe(df, value="c", time="when", coords={"lat": "latitude", "lon": "longitude",
-                                      "depth": "z"}, noise_scale=0.5, noise_model="gaussian")
+    b = observations_from_dataframe(df, value="c", time="when", coords={"lat": "latitude", "lon": "longitude",
+                                    "depth": "z"}, noise_scale=0.5, noise_model="gaussian")
     both = ObservationSet.concatenate([a, b])
     assert both.n_points == a.n_points + b.n_points and both.noise_model == "gaussian"
     np.testing.assert_array_equal(both.value, np.concatenate([a.value, b.value]))
     assert both.attrs["sources"][0]["dropped"] == a.attrs["dropped"]
-    c = ObservationSet.from_dataframe(df, value="c", time="when", coords=["latitude", "longitude"])
+    c = observations_from_dataframe(df, value="c", time="when", coords=["latitude", "longitude"])
     with pytest.raises(InputError, match=r"sets\[1\].space_dims"):
         ObservationSet.concatenate([a, c])
     with pytest.raises(InputError, match="sets: expected a non-empty sequence"):

@@ -14,7 +14,8 @@ from inference.report import posterior_attrs
 from inference.report import evaluate, load_posterior
 from sdift_prob import cli
 from sdift_prob.data.fields import save_fields
-from sdift_prob.data.observations import ObservationSet, sample_observations, select_trajectory
+from sdift_prob.data.observations import ObservationSet
+from sdift_prob.data.sampling import sample_observations, select_trajectory
 from sdift_prob.data.simulate import simulate_ocean
 from sdift_prob.errors import InputError
 from sdift_prob.ftm import FTMConfig, fit_ftm, save_run

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from ..errors import InputError, bad_input
+from ..io import reserve
 
 JSON_SUMMARY_HELP = ("print the result as one JSON object on stdout (nothing else goes to stdout); the human "
                      "summary goes to stderr either way")
@@ -40,18 +44,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def check_seed(seed: Any, flag: str = "--seed") -> None:
     """Seeds are integers in [0, 2**32) on the command line (what `jax.random.key` takes as is)."""
-    from ..errors import bad_input
-
     if not 0 <= seed < 2**32:
         raise bad_input(flag, "an int in [0, 2**32)", seed)
 
 
 def check_out_folder(path: Any, flag: str = "--out") -> None:
     """Before any long work: the output's folder must exist (nothing is created by a typo)."""
-    from pathlib import Path
-
-    from ..errors import bad_input
-
     parent = Path(path).expanduser().parent
     if not parent.is_dir():
         raise bad_input(flag, "a path in an existing folder", str(path))
@@ -62,11 +60,6 @@ def check_out_file(path: Any, overwrite: bool, flag: str = "--out", example: str
     an existing file unless `overwrite`, in an existing folder where it can create files (tried
     with a temporary file, removed at once; permission bits alone do not say it for root or
     read-only file systems)."""
-    import tempfile
-    from pathlib import Path
-
-    from ..errors import InputError, bad_input
-
     out = Path(path)
     if out.is_dir():
         raise InputError(f"{flag}: {path} is a directory; expected the path of a file to write "
@@ -139,8 +132,6 @@ def reserved(path: Any, flag: str = "--out") -> Iterator[Path]:
     Check whether `path` may be written (exists, --overwrite) inside the block, so that the
     check and the write see the same state. The reservation goes when the block ends (also on
     Ctrl-C and SIGTERM)."""
-    from ..io import reserve
-
     check_out_folder(path, flag)
     with reserve(path, argument=flag), _sigterm_interrupts():
         yield Path(path)

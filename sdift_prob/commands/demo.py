@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
+from .. import pretrained
+from ..errors import bad_input
 from . import HelpFormatter, check_seed, report, reserved
 
 HELP = "reconstruct a sparse noisy ocean sound-speed observation set with the embedded pretrained model"
@@ -27,11 +30,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .. import pretrained
-    from ..errors import bad_input
-
     check_seed(args.seed)
     with reserved(args.out):  # a second demo writing into the same --out is refused here
         if Path(args.out).exists() and not Path(args.out).is_dir():

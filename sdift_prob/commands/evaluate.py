@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..data.fields import load_fields
+from ..data.sampling import select_trajectory
+from ..errors import InputError
 from . import HelpFormatter, report
 
 ARGUMENT_NAMES = {"index": "--trajectory"}
@@ -61,8 +64,6 @@ def check_provenance(recorded: Any, truth_attrs: Any, trajectory: int) -> None:
     posterior's attrs `observations`). The collection is compared by simulator and seed, not by
     path, so a copied or moved file still matches. Posteriors of other observations (user data,
     or written before this was recorded) are not checked."""
-    from ..errors import InputError
-
     if not isinstance(recorded, dict) or "trajectory" not in recorded:
         return
     source = recorded.get("source", "?")
@@ -83,9 +84,6 @@ def run(args: argparse.Namespace) -> int:
     import numbers
 
     from inference.report import evaluate, load_posterior, posterior_attrs
-
-    from ..data.fields import load_fields
-    from ..data.observations import select_trajectory
 
     idata = load_posterior(args.posterior)
     fields = load_fields(args.truth)

@@ -17,7 +17,7 @@ from ..errors import bad_input
 from ..ftm.bundle import save_run
 from ..ftm.fit import FTMConfig, fit_ftm
 from ..ftm.tucker import check_ranks
-from ..streaming import is_lazy
+from ..streaming import is_lazy, open_fields_lazy
 from . import HelpFormatter, check_seed, report, reserved
 
 ARGUMENT_NAMES = {"batch_trajectories": "--batch", "path": "DATA.nc", "ds": "DATA.nc"}
@@ -110,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
         if out.exists() and not out.is_dir():
             raise bad_input("--out", "a folder (an existing file is never replaced by a run)", str(out))
         if args.lazy:
-            from ..streaming import open_fields_lazy
-
             ds = open_fields_lazy(args.data)
         else:
             ds = load_fields(args.data)

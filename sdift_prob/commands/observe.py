@@ -9,7 +9,7 @@ from typing import Any
 import jax
 
 from ..data.fields import Normalizer, load_fields
-from ..data.observations import PATTERNS, sample_observations, select_trajectory
+from ..data.sampling import PATTERNS, sample_observations, select_trajectory
 from . import HelpFormatter, check_out_file, check_seed, report, reserved
 
 ARGUMENT_NAMES = {"index": "--trajectory", "path": "DATA.nc"}

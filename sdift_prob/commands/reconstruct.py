@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..data.fields import load_fields
+from ..data.observations import ObservationSet
 from ..errors import SelfCheckWarning, UntestedSettingWarning, bad_input, warn_untested_steps
 from . import HelpFormatter, check_out_file, check_seed, report, reserved
 
@@ -123,8 +125,6 @@ def run(args: argparse.Namespace) -> int:
     from inference.report import save_posterior
     from inference.summary import run_summary, summary_text
 
-    from ..data.observations import ObservationSet
-
     check_seed(args.seed)
     if args.sampler != "gp":  # gp takes no steps
         warn_untested_steps(args.steps, "--steps")
@@ -192,8 +192,7 @@ def _dynamics(args: argparse.Namespace, run_: Any, obs: Any) -> list[Any] | None
     if args.sampler == "gp":
         raise bad_input("--dynamics", "a guided sampler (--sampler mmps, dps or mpdps); gp is the conjugate GP "
                         "posterior", args.dynamics)
-    from ..data.fields import load_fields
-    from ..data.simulate.fluid2d import fluid2d_dynamics
+    from ..data.simulate.fluid2d import fluid2d_dynamics  # deferred: the simulator loads exponax
 
     source, trajectory = args.dynamics_source, args.dynamics_trajectory
     if source is None:

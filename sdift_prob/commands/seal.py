@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
+from ..errors import bad_input
+from ..run import seal_run
 from . import HelpFormatter, report, reserved
 
 ARGUMENT_NAMES = {"run_dir": "RUN_DIR"}
@@ -27,11 +30,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..errors import bad_input
-    from ..run import seal_run
-
     if not Path(args.run_dir).is_dir():
         raise bad_input("RUN_DIR", "an existing run directory", str(args.run_dir))
     with reserved(args.run_dir, "RUN_DIR"):  # the manifest is rewritten: no other writer of RUN_DIR meanwhile

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.fields import save_fields
 from ..errors import bad_input
 from . import HelpFormatter, check_out_file, check_seed, report, reserved
 
@@ -55,8 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, split and save; print one summary line. Returns 0 on success."""
-    from ..data.fields import save_fields
-    from ..data.simulate import SIMULATORS
+    from ..data.simulate import SIMULATORS  # deferred: the simulators load exponax and gsw
 
     name = args.simulator
     if name not in SIMULATORS:

@@ -1,6 +1,8 @@
-"""Data layer: field collections (`fields`), sparse observations (`observations`), readers of
-the analyst's own files (`readers`: `from_xarray`, `ObservationSet.from_dataframe` /
-`ObservationSet.from_xarray`).
+"""Data layer: field collections (`fields`), sparse observations (`observations`), synthetic
+observations of a trajectory (`sampling`), readers of the analyst's own files (`readers`:
+`from_xarray`, `observations_from_dataframe`, `observations_from_xarray`).
+
+Imports run one way: `fields` <- `observations` <- `sampling`, `readers`.
 
 The simulators live in `sdift_prob.data.simulate` and are imported from there on demand.
 """
@@ -16,13 +18,13 @@ from .fields import test_part as test_part
 from .fields import train_part as train_part
 from .fields import validate_field_dataset as validate_field_dataset
 from .observations import NOISE_MODELS as NOISE_MODELS
-from .observations import PATTERNS as PATTERNS
 from .observations import ObservationSet as ObservationSet
 from .observations import PaddedObservations as PaddedObservations
-from .observations import add_noise as add_noise
-from .observations import sample_observations as sample_observations
-from .observations import select_trajectory as select_trajectory
 from .readers import from_xarray as from_xarray
 from .readers import observations_from_dataframe as observations_from_dataframe
 from .readers import observations_from_xarray as observations_from_xarray
 from .readers import to_float_time as to_float_time
+from .sampling import PATTERNS as PATTERNS
+from .sampling import add_noise as add_noise
+from .sampling import sample_observations as sample_observations
+from .sampling import select_trajectory as select_trajectory

@@ -23,6 +23,7 @@ from jaxtyping import ArrayLike, Float
 
 from ..errors import FormatError, InputError, bad_input
 from ..io import NETCDF_ENGINE, atomic_file, read_netcdf
+from ..validation import check_key
 
 FIELD_KIND = "field_collection"
 FIELD_FORMAT_VERSION = 1
@@ -31,15 +32,6 @@ SPLIT_VALUES = ("train", "test")
 _RESERVED_ATTRS = frozenset(
     {"sdift_kind", "sdift_format_version", "simulator", "parameters", "seed", "units", "long_name", "n_missing"}
 )
-
-
-def _is_typed_key(key: Any) -> bool:
-    return isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-
-
-def _check_key(key: Any, argument: str = "key") -> None:
-    if not _is_typed_key(key) or key.shape != ():
-        raise bad_input(argument, "a single typed PRNG key from jax.random.key(seed)", key)
 
 
 def _float_array(x: Any, argument: str, ndim: int | None = None) -> np.ndarray:
@@ -345,7 +337,7 @@ def assign_split(ds: xr.Dataset, *, n_test: int, key: jax.Array) -> xr.Dataset:
     overlap and together cover every trajectory.
     """
     validate_field_dataset(ds, require_split=False, allow_missing=True)
-    _check_key(key)
+    check_key(key)
     b = ds.sizes["trajectory"]
     if isinstance(n_test, bool) or not isinstance(n_test, (int, np.integer)) or not 0 <= n_test < b:
         raise bad_input("n_test", f"an int in [0, {b - 1}] (the collection has {b} trajectories)", n_test)

@@ -4,11 +4,11 @@
   dims in any order, found by name; e.g. a reanalysis with `time, depth, lat, lon`) into a
   field collection. CF-encoded datetimes become a float time axis (origin and units kept in
   attrs); missing values (land, gaps) stay NaN, a mask rather than an error.
-- `observations_from_dataframe(df, ...)` (also `ObservationSet.from_dataframe`) reads a point
-  table (one row per observation: value, time, one column per space dim).
-- `observations_from_xarray(ds, ...)` (also `ObservationSet.from_xarray`) reads point data on
-  any dims, e.g. Argo-style profiles `(N_PROF, N_LEVELS)` with per-profile time and position:
-  every variable is broadcast to the value's dims and flattened.
+- `observations_from_dataframe(df, ...)` reads a point table (one row per observation: value,
+  time, one column per space dim) into an `ObservationSet`.
+- `observations_from_xarray(ds, ...)` reads point data on any dims into an `ObservationSet`,
+  e.g. Argo-style profiles `(N_PROF, N_LEVELS)` with per-profile time and position: every
+  variable is broadcast to the value's dims and flattened.
 
 Rows / levels with a missing value, time or coordinate are dropped, never silently: the counts
 are in `attrs["dropped"]` of the result (with `attrs["n_rows"]`, the number read).
@@ -22,10 +22,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..errors import bad_input
 from .fields import SPLIT_VALUES, make_field_dataset
+from .observations import ObservationSet
 
 __all__ = ["TIME_UNITS", "from_xarray", "observations_from_dataframe", "observations_from_xarray", "to_float_time"]
 
@@ -53,8 +55,6 @@ def _time_unit(units: Any) -> str:
 
 
 def _origin(time_origin: Any) -> np.datetime64:
-    import pandas as pd
-
     try:
         ts = pd.Timestamp(time_origin)
     except (TypeError, ValueError) as exc:
@@ -67,15 +67,11 @@ def _origin(time_origin: Any) -> np.datetime64:
 
 
 def _iso(t: np.datetime64) -> str:
-    import pandas as pd
-
     return pd.Timestamp(t).isoformat()
 
 
 def _as_datetime64(values: np.ndarray, attrs: Mapping[str, Any], argument: str) -> tuple[np.ndarray | None, str]:
     """`(datetime64[ns] array or None if the values are not dates, calendar)`."""
-    import pandas as pd
-
     arr = np.asarray(values)
     if arr.dtype.kind == "M":
         return arr.astype("datetime64[ns]"), "proleptic_gregorian"
@@ -432,9 +428,7 @@ def _build_observations(
     time_units: str,
     attrs: Mapping[str, Any] | None,
     source: dict[str, Any],
-):
-    from .observations import ObservationSet
-
+) -> ObservationSet:
     n_rows = int(np.asarray(columns[value]).size)
     val = np.asarray(columns[value])
     if val.dtype.kind not in "iuf":
@@ -510,7 +504,7 @@ def observations_from_dataframe(
     time_origin: Any = None,
     time_units: str = "days",
     attrs: Mapping[str, Any] | None = None,
-):
+) -> ObservationSet:
     """An `ObservationSet` from a point table (`pandas.DataFrame`, one row per observation).
 
     **Arguments:**
@@ -532,8 +526,6 @@ def observations_from_dataframe(
     `attrs["dropped"]` (`missing_value`, `missing_time`, `missing_coords`); `attrs["n_rows"]` is
     the number of rows read, `attrs["time_origin"]` / `["time_units"]` the time axis.
     """
-    import pandas as pd
-
     if not isinstance(df, pd.DataFrame):
         raise bad_input("df", "a pandas.DataFrame (one row per observation)", type(df).__name__)
     cmap = _coords_map(coords)
@@ -565,7 +557,7 @@ def observations_from_xarray(
     time_origin: Any = None,
     time_units: str = "days",
     attrs: Mapping[str, Any] | None = None,
-):
+) -> ObservationSet:
     """An `ObservationSet` from point data in an `xr.Dataset` on any dims.
 
     The value variable may have any dims, e.g. Argo-style profiles `(N_PROF, N_LEVELS)`; the

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import bad_input
+from ..validation import check_count
 from .tucker import check_ranks
 
 
@@ -67,10 +68,10 @@ class FTMConfig:
                 raise bad_input("ranks", "None or a sequence of positive integers", self.ranks)
             object.__setattr__(self, "ranks", check_ranks(self.ranks, len(self.ranks)))
         for name in ("width", "depth", "epochs", "batch_trajectories", "eval_every", "patience"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("warmup", self.warmup, minimum=0)
+            check_count(getattr(self, name), name)
+        check_count(self.warmup, "warmup", minimum=0)
         if self.steps is not None:
-            _check_int("steps", self.steps, minimum=1)
+            check_count(self.steps, "steps")
         for name in ("omega", "lr", "lr_cores"):
             _check_float(name, getattr(self, name), lo=0.0, lo_open=True)
         for name in ("weight_decay", "beta_tv", "core_init_scale", "margin"):
@@ -98,11 +99,6 @@ class FTMConfig:
         if kw.get("ranks") is not None:
             kw["ranks"] = tuple(kw["ranks"])
         return cls(**kw)
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise bad_input(name, f"an integer >= {minimum}", value)
 
 
 def _check_float(

@@ -9,13 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..errors import bad_input
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_input(name, "a positive integer", value)
-    return int(value)
+from ..validation import check_count, check_positive
 
 
 class CoordinateNet(eqx.Module):
@@ -55,14 +49,10 @@ class CoordinateNet(eqx.Module):
         - `omega`: frequency factor of the sine layers.
         - `key`: a typed PRNG key (`jax.random.key`).
         """
-        self.rank = _positive_int("rank", rank)
-        self.width = _positive_int("width", width)
-        self.depth = _positive_int("depth", depth)
-        if isinstance(omega, bool) or not isinstance(omega, (int, float)) or not (
-            math.isfinite(omega) and omega > 0
-        ):
-            raise bad_input("omega", "a positive finite number", omega)
-        self.omega = float(omega)
+        self.rank = check_count(rank, "rank")
+        self.width = check_count(width, "width")
+        self.depth = check_count(depth, "depth")
+        self.omega = check_positive(omega, "omega")
         shapes: list[tuple[int, ...]] = []
         bounds: list[float] = []
         fan_in = 1

@@ -22,16 +22,14 @@ from jaxtyping import Array, ArrayLike, Float
 from ..data.fields import Normalizer
 from ..data.observations import ObservationSet, PaddedObservations
 from ..errors import NumericalError, bad_input
+from ..validation import check_positive
 from .tucker import FunctionalTucker, _check_domain_points, _check_model, _design_rows
 
 
-def _nonneg_float(name: str, value: object, *, positive: bool) -> float:
+def _nonneg_float(name: str, value: object) -> float:
     ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = math.isfinite(v) and (v > 0 if positive else v >= 0)
-    if not ok:
-        raise bad_input(name, "a positive finite number" if positive else "a finite number >= 0", value)
+    if not ok or not (math.isfinite(float(value)) and float(value) >= 0):  # type: ignore[arg-type]
+        raise bad_input(name, "a finite number >= 0", value)
     return float(value)  # type: ignore[arg-type]
 
 
@@ -164,8 +162,8 @@ def encode(
     model = _check_model(model)
     if not isinstance(normalizer, Normalizer):
         raise bad_input("normalizer", "a sdift_prob.data.fields.Normalizer", type(normalizer).__name__)
-    ridge_v = _nonneg_float("ridge", ridge, positive=True)
-    smooth_v = _nonneg_float("smoothness", smoothness, positive=False)
+    ridge_v = check_positive(ridge, "ridge")
+    smooth_v = _nonneg_float("smoothness", smoothness)
     t = _check_times(times)
     padded = _as_padded(model, obs, t)
     mask = np.asarray(padded.mask, dtype=bool)
@@ -181,7 +179,7 @@ def encode(
     coords = np.where(mask[:, :, None], coords, fill[None, None, :])
     weight = mask.astype(np.float64)
     if noise_scale is not None:
-        sigma = _nonneg_float("noise_scale", noise_scale, positive=True) / normalizer.std
+        sigma = check_positive(noise_scale, "noise_scale") / normalizer.std
         weight = weight / sigma**2
     y = np.where(mask, (values - normalizer.mean) / normalizer.std, 0.0)
     with jax.enable_x64(True):

@@ -26,9 +26,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..data.fields import Normalizer, field_metadata, space_dims, validate_field_dataset
 from ..errors import FormatError, NumericalError, bad_input
+from ..streaming import is_lazy
 from ..training import (CheckpointFile, EarlyStopping, EntryStats, InMemory, LoopSettings, LoopState, LoopTimes,
                         Streamed, check_matches, check_settings, data_parallel, data_source, run_loop)
-from .config import FTMConfig, _check_int
+from ..validation import check_count, check_key
+from .config import FTMConfig
 from .steps import _masks as _masks  # noqa: F401  (re-exported: the whole-array masks, for tests)
 from .steps import (_epoch_order, _numpy_rng, _optimizers, _run_epoch, _sse_per_trajectory, _stream_step,
                     _trajectory_masks)
@@ -85,13 +87,6 @@ class FTMFit:
         g = self.grids if grids is None else grids
         out = decode_grid(self.model, self.cores, g)
         return np.asarray(self.normalizer.inverse(np.asarray(out)), dtype=np.float32)
-
-
-def _check_key(key: object) -> None:
-    if not (
-        isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
-    ):
-        raise bad_input("key", "a single typed PRNG key from jax.random.key(seed)", key)
 
 
 def _check_callback(callback: object) -> None:
@@ -181,8 +176,6 @@ def fit_ftm(
 
 def _check_arguments(fields, ranks, key, config, stream, *, progress, resume, checkpoint_every, chunk, callback):
     """Check the arguments of `fit_ftm`; return `(stream, space dims, config with ranks set)`."""
-    from ..streaming import is_lazy
-
     if not isinstance(fields, xr.Dataset):
         raise bad_input("fields", "an xr.Dataset field collection", type(fields).__name__)
     lazy = "field" in fields.data_vars and is_lazy(fields["field"])
@@ -204,13 +197,13 @@ def _check_arguments(fields, ranks, key, config, stream, *, progress, resume, ch
         raise bad_input("config", "an FTMConfig or None", type(config).__name__)
     if config.ranks is not None and tuple(config.ranks) != ranks_t:
         raise bad_input("config.ranks", f"None or the ranks argument {ranks_t}", config.ranks)
-    _check_key(key)
+    check_key(key)
     if not isinstance(progress, bool):
         raise bad_input("progress", "True or False", progress)
     if not isinstance(resume, bool):
         raise bad_input("resume", "True or False", resume)
-    _check_int("checkpoint_every", checkpoint_every, minimum=1)
-    _check_int("chunk_trajectories", chunk, minimum=1)
+    check_count(checkpoint_every, "checkpoint_every")
+    check_count(chunk, "chunk_trajectories")
     _check_callback(callback)
     return stream, dims, dataclasses.replace(config, ranks=ranks_t)
 

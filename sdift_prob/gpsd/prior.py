@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ..errors import InputError, bad_input
+from ..errors import FormatError, InputError, bad_input
 from ..gp import TemporalKernel, time_cholesky, validate_times
+from ..io import atomic_file
+from ..run import add_artifact, read_manifest, section_files
 from ..training.checkpoint import load_checkpoint, read_header, write_tree_file
 from .edm import EDMConfig, heun_sample, precondition
 from .unet import TemporalUNet
@@ -182,8 +184,6 @@ def write_prior_file(path: str | os.PathLike, prior: GPSDPrior) -> None:
 
 def save_prior_file(path: str | os.PathLike, prior: GPSDPrior, *, overwrite: bool = False) -> Path:
     """Atomically write a prior to one file (readable with `load_prior_file`)."""
-    from ..io import atomic_file
-
     with atomic_file(path, overwrite=overwrite) as tmp:
         write_prior_file(tmp, prior)
     return Path(path)
@@ -224,9 +224,6 @@ _FTM_SECTION = "ftm"
 
 
 def _ftm_facts(run_dir: Path) -> tuple[list[int], str | None]:
-    from ..errors import FormatError
-    from ..run import read_manifest
-
     manifest = read_manifest(run_dir, verify=True)
     ftm = manifest["sections"].get(_FTM_SECTION)
     if ftm is None:
@@ -251,8 +248,6 @@ def save_prior(run_dir: str | os.PathLike, prior: GPSDPrior, report: dict[str, A
 
     **Returns:** the path of `prior.eqx`.
     """
-    from ..run import add_artifact
-
     root = Path(run_dir)
     if not isinstance(prior, GPSDPrior):
         raise bad_input("prior", "a GPSDPrior", type(prior).__name__)
@@ -282,9 +277,6 @@ def load_prior(run_dir: str | os.PathLike) -> GPSDPrior:
     Raises `InputError` when the run has no FTM or no prior yet, and `FormatError` when the
     prior does not belong to the run's FTM (other ranks or other cores) or its file is damaged.
     """
-    from ..errors import FormatError
-    from ..run import read_manifest, section_files
-
     root = Path(run_dir)
     ranks, cores_sha = _ftm_facts(root)
     sections = read_manifest(root, verify=False)["sections"]

@@ -31,6 +31,7 @@ from ..errors import bad_input
 from ..gp import KERNEL_NAMES, TemporalKernel, fit_lengthscale, time_cholesky, validate_times
 from ..training import (CheckpointFile, LoopSettings, LoopState, LoopTimes, check_matches, check_settings,
                         constrain, data_parallel, run_loop)
+from ..validation import check_count
 from .edm import EDMConfig, edm_loss
 from .prior import GPSDPrior
 from .unet import TemporalUNet, count_parameters
@@ -94,9 +95,7 @@ class PriorConfig:
         ints = {"channels": 1, "num_blocks": 1, "temporal_mult": 1, "attention_heads": 1, "time_features": 1,
                 "warmup_steps": 0, "batch_size": 1, "steps": 0, "checkpoint_every": 1, "seed": 0}
         for name, low in ints.items():
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-                raise bad_input(name, f"an integer >= {low}", v)
+            check_count(getattr(self, name), name, minimum=low)
         for name in ("seq_len", "max_window"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):

@@ -19,10 +19,11 @@ import jax
 import numpy as np
 
 from ..data.fields import load_fields, save_fields
-from ..data.observations import sample_observations, select_trajectory
+from ..data.sampling import sample_observations, select_trajectory
 from ..io import atomic_dir
 from ..run import read_manifest
 from . import ROOT
+from .recipes import commands
 
 
 def package(name: str, work: Path, obs_args: str) -> Path:
@@ -57,8 +58,6 @@ def package(name: str, work: Path, obs_args: str) -> Path:
 
 def model_card(name: str, manifest: dict, data, test_index: int, rho: float, noise: float) -> str:
     """A readable record of how the bundle was made: commands, data, fit and training figures."""
-    from .recipes import commands
-
     ftm = manifest["sections"]["ftm"]["info"]
     prior = manifest["sections"].get("prior", {}).get("info", {})
     training = prior.get("training", {})

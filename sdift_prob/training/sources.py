@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from ..streaming import TrajectoryReader
+
 Masks = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 Forward = Callable[[np.ndarray], np.ndarray]
 
@@ -52,8 +54,6 @@ def data_source(field: xr.DataArray, masks: Masks, *, stream: bool, chunk: int, 
     """`Streamed` (read by a `TrajectoryReader`, `chunk` trajectories per block) or `InMemory`
     (float64 values) over the `field` DataArray `(trajectory, ...)`."""
     if stream:
-        from ..streaming import TrajectoryReader
-
         return Streamed(TrajectoryReader(field, argument), masks, chunk)
     return InMemory(np.asarray(field.values, dtype=np.float64), masks)
 
