@@ -46,6 +46,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Bool, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
+from models.likelihoods import SIGMA_LIKELIHOODS, Likelihood, as_likelihood
 from sdift_prob.data.observations import ObservationSet
 from sdift_prob.errors import NumericalError, bad_input
 from sdift_prob.metrics import INTERVAL_METHODS, crps_ensemble, interval_bounds, interval_coverage
@@ -465,7 +466,7 @@ def calibrate(
 
 # Variance factors 1/32 .. 64, a factor 2^(1/8) apart (std factors 0.18 .. 8, ~4.4% steps).
 KFOLD_TEMPERATURES: tuple[float, ...] = tuple(float(2.0 ** (k / 8)) for k in range(-40, 49))
-FOLD_LIKELIHOODS = ("gaussian", "laplace", "student_t")
+FOLD_LIKELIHOODS = SIGMA_LIKELIHOODS  # the likelihoods with a noise std (models.likelihoods)
 SUBSETS = ("all", "observed_frames", "unobserved_frames")
 STAGES = ("before", "in_fold", "out_of_fold")
 
@@ -564,29 +565,38 @@ class FoldPredictions:
         return int(self.field.shape[0])
 
 
-def _noise_dist(likelihood: str, loc: Any, sd: Any, df: float) -> Any:
-    """The observation noise as a frozen SciPy distribution, parametrised as `models.observation`
-    (σ = std for "gaussian" and "laplace" (b = σ/√2), the scale for "student_t")."""
-    from scipy import stats
+def _fold_likelihood(likelihood: Likelihood | str, df: float = 4.0, hint: str = "") -> Likelihood:
+    """The `Likelihood` object of a name (+ `df`) or an object; it must have a noise std σ."""
+    if isinstance(likelihood, Likelihood):
+        lik = likelihood
+    elif isinstance(likelihood, str) and likelihood in FOLD_LIKELIHOODS:
+        lik = as_likelihood(likelihood, df=df)
+    else:
+        lik = None
+    if lik is None or not lik.has_sigma:
+        raise bad_input("likelihood", f"one of {FOLD_LIKELIHOODS}{hint}", likelihood)
+    return lik
 
-    if likelihood == "gaussian":
-        return stats.norm(loc, sd)
-    if likelihood == "laplace":
-        return stats.laplace(loc, np.asarray(sd) / math.sqrt(2.0))
-    return stats.t(df, loc, sd)
+
+def _noise_dist(likelihood: Likelihood | str, loc: Any, sd: Any, df: float) -> Any:
+    """The observation noise as a frozen SciPy distribution, parametrised as `models.observation`
+    (σ = std for "gaussian" and "laplace" (b = σ/√2), the scale for "student_t"):
+    `Likelihood.scipy_distribution`."""
+    return _fold_likelihood(likelihood, df).scipy_distribution(loc, sd)
 
 
 def _rng(key: PRNGKeyArray) -> np.random.Generator:
     return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
 
 
-def fold_log_lik(observed: Any, field: Any, noise_sd: Any, likelihood: str = "gaussian", df: float = 4.0) -> np.ndarray:
+def fold_log_lik(observed: Any, field: Any, noise_sd: Any, likelihood: Likelihood | str = "gaussian",
+                 df: float = 4.0) -> np.ndarray:
     """`(S, N)` log density (per physical unit, float64) of each observed value `(N,)` under each
-    draw `field (S, N)` with noise std `noise_sd`, parametrised as `models.observation`."""
-    if likelihood not in FOLD_LIKELIHOODS:
-        raise bad_input("likelihood", f"one of {FOLD_LIKELIHOODS} (or return log_lik from predict)", likelihood)
-    return _noise_dist(likelihood, np.asarray(field, dtype=np.float64), np.asarray(noise_sd, dtype=np.float64),
-                       float(df)).logpdf(np.asarray(observed, dtype=np.float64))
+    draw `field (S, N)` with noise std `noise_sd`, parametrised as `models.observation`
+    (`likelihood`: a `Likelihood` with a σ, or its name with `df`)."""
+    lik = _fold_likelihood(likelihood, float(df), " (or return log_lik from predict)")
+    return lik.scipy_distribution(np.asarray(field, dtype=np.float64),
+                                  np.asarray(noise_sd, dtype=np.float64)).logpdf(np.asarray(observed, dtype=np.float64))
 
 
 def _fold_output(raw: Any, n_held: int, fold_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -625,7 +635,7 @@ def predict_folds(
     n_folds: int = 5,
     frame_fraction: float = 0.0,
     folds: Int[ArrayLike, " N"] | None = None,
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     df: float = 4.0,
     progress: bool = False,
 ) -> FoldPredictions:
@@ -641,7 +651,8 @@ def predict_folds(
     - `obs`: all observations.
     - `n_folds`, `frame_fraction`: as `kfold_split` (ignored when `folds` is given).
     - `folds`: `(N,)` int fold ids 0..K-1 (each fold non-empty and K >= 2) to use instead.
-    - `likelihood`, `df`: the observation model used for `log_lik` when `predict` does not return it.
+    - `likelihood`, `df`: the observation model used for `log_lik` when `predict` does not return it:
+      a `models.likelihoods.Likelihood` with a σ, or its name (`df` for "student_t").
     - `progress`: a progress bar over the folds.
 
     **Returns:** `FoldPredictions`.
@@ -653,9 +664,9 @@ def predict_folds(
         raise bad_input("obs", "an ObservationSet", type(obs).__name__)
     if not isinstance(progress, bool):
         raise bad_input("progress", "True or False", progress)
-    if likelihood not in FOLD_LIKELIHOODS:
-        raise bad_input("likelihood", f"one of {FOLD_LIKELIHOODS}", likelihood)
     df = _check_number(df, "df", positive=True)
+    lik = _fold_likelihood(likelihood, df)
+    df = lik.params().get("df", df)
     k_split, k_folds = jax.random.split(key)
     if folds is None:
         fold = kfold_split(k_split, obs, n_folds, frame_fraction=frame_fraction)
@@ -683,11 +694,11 @@ def predict_folds(
             raise bad_input("predict", f"the same number of draws for every fold ({field.shape[0]})",
                             f"{out_f.shape[0]} for fold {f}")
         field[:, held], noise[:, held] = out_f, out_n
-        ll[:, held] = fold_log_lik(obs_held.value, out_f, out_n, likelihood, df) if out_ll is None else out_ll
+        ll[:, held] = fold_log_lik(obs_held.value, out_f, out_n, lik) if out_ll is None else out_ll
         frame_observed[held] = np.isin(obs_held.time, obs_fit.time)
     assert field is not None and noise is not None and ll is not None
     return FoldPredictions(fold=fold, field=field, noise_sd=noise, observed=np.asarray(obs.value, dtype=np.float64),
-                           frame_observed=frame_observed, log_lik=ll, likelihood=likelihood, df=df)
+                           frame_observed=frame_observed, log_lik=ll, likelihood=lik.name, df=df)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -872,7 +883,7 @@ def calibrate_kfold(
     *,
     n_folds: int = 5,
     frame_fraction: float = 0.0,
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     df: float = 4.0,
     levels: Sequence[float] = (0.5, 0.9),
     temperatures: Sequence[float] = KFOLD_TEMPERATURES,

@@ -64,7 +64,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
-from models.observation import check_observation_inputs, fisher_diag_scale, likelihood_grad
+from models.likelihoods import LIKELIHOODS, Likelihood, as_likelihood
+from models.observation import check_observation_inputs, likelihood_grad, resolve_likelihood
 from sdift_prob.data.observations import TIME_RTOL, PaddedObservations
 from sdift_prob.errors import NumericalError, bad_input
 from sdift_prob.gp import TemporalKernel, loo_weights
@@ -109,7 +110,6 @@ __all__ = [
 
 METHODS = ("mpdps", "dps")
 ZETA_SCHEDULES = ("constant", "harmonic")
-LIKELIHOODS = ("gaussian", "laplace", "student_t", "poisson")
 _LIKELIHOOD_PARAMS = {"df", "poisson_offset", "poisson_scale"}
 
 Denoiser = Callable[[Array, Array, Array], Array]
@@ -157,9 +157,12 @@ class GuidedConfig(eqx.Module):
     - `churn`: EDM's S_churn (0: the deterministic probability-flow sampler).
     - `corrector`: None, or a `LangevinCorrector` run after every predictor step but the last
       (`inference.corrector`; guided rules `"mmps"`/`"fisher"` only).
-    - `likelihood`: `"gaussian" | "laplace" | "student_t" | "poisson"`; `likelihood_params`:
-      extra parameters of the observation model (`df`, `poisson_offset`, `poisson_scale`),
-      a mapping or pairs.
+    - `likelihood`: a `models.likelihoods.Likelihood` (`Gaussian()`, `Laplace()`, `StudentT(df)`,
+      `PoissonExcess(offset, scale)`), or its name `"gaussian" | "laplace" | "student_t" |
+      "poisson"`, converted once (`as_likelihood`) with `likelihood_params`: the parameters of a
+      name (`df`, `poisson_offset`, `poisson_scale`), a mapping or pairs. The field holds the
+      object; `likelihood_params` is kept as given (or the object's non-default parameters) for
+      `to_dict`.
     - `sigma_y`: noise level in normalised field units: a positive number (fixed, or the start
       value when `infer_sigma`), `"metadata"` (per point, from `padded.noise_scale`), or `None`
       (sampling then needs `infer_sigma`, which starts at the standard deviation of the observed
@@ -185,7 +188,7 @@ class GuidedConfig(eqx.Module):
     through_denoiser: bool = eqx.field(static=True, default=False)
     churn: float = eqx.field(static=True, default=0.0)
     corrector: LangevinCorrector | None = eqx.field(static=True, default=None)
-    likelihood: str = eqx.field(static=True, default="gaussian")
+    likelihood: Likelihood = eqx.field(static=True, default="gaussian")
     likelihood_params: tuple[tuple[str, float], ...] = eqx.field(static=True, default=(), converter=_freeze_params)
     sigma_y: float | str | None = eqx.field(static=True, default=None)
     infer_sigma: bool = eqx.field(static=True, default=False)
@@ -194,6 +197,23 @@ class GuidedConfig(eqx.Module):
     mh_steps: int = eqx.field(static=True, default=20)
     mh_step_size: float = eqx.field(static=True, default=0.3)
     edm: EDMConfig = eqx.field(static=True, default_factory=EDMConfig)
+
+    def __post_init__(self) -> None:
+        # The likelihood is built once here from a name and its parameters (converters run after).
+        params = dict(_freeze_params(self.likelihood_params))
+        unknown = set(params) - _LIKELIHOOD_PARAMS
+        if unknown:
+            raise bad_input("likelihood_params", f"only keys from {sorted(_LIKELIHOOD_PARAMS)}", sorted(unknown))
+        if isinstance(self.likelihood, Likelihood):
+            lik = self.likelihood
+            own = lik.params()
+            clash = {k: v for k, v in params.items() if k in own and own[k] != v}
+            if clash:
+                raise bad_input("likelihood_params", f"empty or the likelihood's own parameters {own}", clash)
+            if not params:
+                self.likelihood_params = tuple(sorted(lik.explicit_params().items()))
+        else:
+            self.likelihood = as_likelihood(self.likelihood, **params)
 
     def __check_init__(self) -> None:
         def choice(name: str, options: tuple[str, ...]) -> None:
@@ -209,7 +229,8 @@ class GuidedConfig(eqx.Module):
 
         choice("method", METHODS)
         choice("zeta_schedule", ZETA_SCHEDULES)
-        choice("likelihood", LIKELIHOODS)
+        if not isinstance(self.likelihood, Likelihood):
+            raise bad_input("likelihood", f"a models.likelihoods.Likelihood or one of {LIKELIHOODS}", self.likelihood)
         for name in ("num_steps", "mh_steps"):
             check_count(getattr(self, name), name)
         number("zeta", 0.0, strict=False)
@@ -234,18 +255,11 @@ class GuidedConfig(eqx.Module):
         if self.through_denoiser and not isinstance(self.guidance, Fisher):
             raise bad_input("through_denoiser", f"False with guidance={self.guidance.name!r} (only the isotropic "
                             "'fisher' rule is pulled back through the denoiser; 'mmps' uses the Jacobian itself)", True)
-        unknown = {k for k, _ in self.likelihood_params} - _LIKELIHOOD_PARAMS
-        if unknown:
-            raise bad_input("likelihood_params", f"only keys from {sorted(_LIKELIHOOD_PARAMS)}", sorted(unknown))
         s = self.sigma_y
-        if self.likelihood == "poisson":
+        if not self.likelihood.has_sigma:
             if s is not None or self.infer_sigma:
-                raise bad_input("sigma_y", "None and infer_sigma=False for likelihood='poisson' (its noise level "
-                                "is poisson_scale)", s if s is not None else "infer_sigma=True")
-            params = dict(self.likelihood_params)
-            if "poisson_offset" not in params or "poisson_scale" not in params:
-                raise bad_input("likelihood_params", "poisson_offset and poisson_scale for likelihood='poisson'",
-                                dict(self.likelihood_params))
+                raise bad_input("sigma_y", f"None and infer_sigma=False for likelihood={self.likelihood.name!r} (it "
+                                "has no noise scale sigma)", s if s is not None else "infer_sigma=True")
         elif s is None:
             pass  # allowed here so a default config can be refined; `prepare` insists on a noise level
         elif s == "metadata":
@@ -262,7 +276,7 @@ class GuidedConfig(eqx.Module):
     @property
     def scalar_sigma(self) -> bool:
         """Whether σ_y is one scalar carried in the sampler state (fixed or inferred)."""
-        return self.likelihood != "poisson" and self.sigma_y != "metadata"
+        return self.likelihood.has_sigma and self.sigma_y != "metadata"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (for reports and InferenceData attrs)."""
@@ -272,7 +286,7 @@ class GuidedConfig(eqx.Module):
             "message_jitter": self.message_jitter, "guidance": self.guidance.name,
             "guidance_rule": self.guidance.to_dict(),
             "through_denoiser": self.through_denoiser, "churn": self.churn,
-            "corrector": None if self.corrector is None else self.corrector.to_dict(), "likelihood": self.likelihood,
+            "corrector": None if self.corrector is None else self.corrector.to_dict(), "likelihood": self.likelihood.name,
             "likelihood_params": dict(self.likelihood_params), "sigma_y": self.sigma_y,
             "infer_sigma": self.infer_sigma, "sigma_burn_in": self.sigma_burn_in,
             "sigma_prior_scale": self.sigma_prior_scale, "mh_steps": self.mh_steps,
@@ -436,29 +450,17 @@ def _check_float32_range(pad: PaddedObservations, config: GuidedConfig) -> None:
         )
 
 
-def _likelihood_kwargs(config: GuidedConfig) -> dict[str, float]:
-    return dict(config.likelihood_params)
-
-
 def _unit_fisher(config: GuidedConfig, padded: PaddedObservations) -> Array:
-    """Per-point Fisher information `(M, P)` about the predicted mean, at σ_y = 1 for a scalar σ_y."""
-    params = _likelihood_kwargs(config)
-    df = params.get("df", 4.0)
+    """Per-point Fisher information `(M, P)` about the predicted mean (`Likelihood.reference_fisher`),
+    at σ_y = 1 for a scalar σ_y, at the given levels for `"metadata"`, at the data for Poisson."""
     mask = padded.mask
-    if config.likelihood == "poisson":
-        o, s = params["poisson_offset"], params["poisson_scale"]
-        # At the observed count, floored at one count, so empty counts do not freeze the step.
-        mean = jnp.maximum(padded.values, o + s)
-        w = fisher_diag_scale("poisson", mean=mean, poisson_offset=o, poisson_scale=s)
-    elif config.sigma_y == "metadata":
-        w = fisher_diag_scale(config.likelihood, jnp.where(mask, padded.noise_scale, 1.0), df)
-    else:
-        w = jnp.broadcast_to(fisher_diag_scale(config.likelihood, 1.0, df), mask.shape)
+    unit = jnp.where(mask, padded.noise_scale, 1.0) if config.sigma_y == "metadata" else 1.0
+    w = jnp.broadcast_to(config.likelihood.reference_fisher(padded.values, unit), mask.shape)
     return jnp.where(mask, w, 0.0)
 
 
 def _sigma_arg(config: GuidedConfig, sigma_y: Array) -> Any:
-    if config.likelihood == "poisson":
+    if not config.likelihood.has_sigma:
         return None
     if config.sigma_y == "metadata":
         return "metadata"
@@ -550,7 +552,7 @@ def prepare(
     """
     if not isinstance(config, GuidedConfig):
         raise bad_input("config", "a GuidedConfig", type(config).__name__)
-    if config.sigma_y is None and config.likelihood != "poisson" and not config.infer_sigma:
+    if config.sigma_y is None and config.likelihood.has_sigma and not config.infer_sigma:
         raise bad_input("config.sigma_y", "a positive noise level (normalised field units), 'metadata', or "
                         "infer_sigma=True", None)
     d = np.asarray(design, dtype=np.float64)
@@ -585,7 +587,7 @@ def prepare(
     sigma_check = config.sigma_y if config.sigma_y == "metadata" or _is_number(config.sigma_y) else None
     check_observation_inputs(
         np.zeros((M, *core_shape)), d, pad, likelihood=config.likelihood, sigma=sigma_check,
-        sigma_prior_scale=config.sigma_prior_scale, **_likelihood_kwargs(config),
+        sigma_prior_scale=config.sigma_prior_scale,
     )
     _check_float32_range(pad, config)
     bound = bind_constraints(constraints, decoder, np.asarray(padded.times, np.float64), core_shape,
@@ -667,24 +669,20 @@ def prepare(
 
 
 def _point_scores(u: Array, sigma_y: Array, problem: GuidedProblem, config: GuidedConfig) -> Array:
-    """`∂ log p(y_p | u_p) / ∂u_p` for every padded point `(M, P)` (0 at padding), from the
-    NumPyro observation model applied to one point at a time (the log density is a sum over
-    points, so this is exact and keeps memory at O(M P))."""
+    """`∂ log p(y_p | u_p) / ∂u_p` for every padded point `(M, P)` (0 at padding): the
+    likelihood's pointwise score (`Likelihood.score`, autodiff of its distribution's log density,
+    the density of the observation model) with padding given the model's stand-in values."""
     pad = problem.padded
-    kwargs = _likelihood_kwargs(config)
+    lik = config.likelihood
     sigma = _sigma_arg(config, sigma_y)
-    one = jnp.ones((1, 1, 1), u.dtype)
-
-    def score(u_p: Array, y_p: Array, noise_p: Array, mask_p: Array) -> Array:
-        single = PaddedObservations(
-            times=jnp.zeros((1,), u.dtype), values=y_p.reshape(1, 1), coords=jnp.zeros((1, 1, 1), u.dtype),
-            noise_scale=noise_p.reshape(1, 1), mask=mask_p.reshape(1, 1),
-        )
-        g = likelihood_grad(u_p.reshape(1, 1), one, single, likelihood=config.likelihood, sigma=sigma, **kwargs)
-        return g.reshape(())
-
-    flat = jax.vmap(score)(u.ravel(), pad.values.ravel(), pad.noise_scale.ravel(), pad.mask.ravel())
-    return flat.reshape(u.shape)
+    y = jnp.where(pad.mask, pad.values.astype(u.dtype), lik.pad_value())
+    if sigma is None:
+        noise = None
+    elif isinstance(sigma, str):  # "metadata"
+        noise = jnp.where(pad.mask, pad.noise_scale.astype(u.dtype), 1.0)
+    else:
+        noise = jnp.where(pad.mask, jnp.broadcast_to(jnp.asarray(sigma, u.dtype), u.shape), 1.0)
+    return jnp.where(pad.mask, lik.score(u, y, noise), 0.0)
 
 
 def _frame_terms(
@@ -707,28 +705,13 @@ def _point_terms(
     u = jnp.einsum("mpd,md->mp", problem.design, W)
     score = jnp.where(pad.mask, _point_scores(u, sigma_y, problem, config), 0.0)
     fisher = problem.unit_fisher / sigma_y**2 if config.scalar_sigma else problem.unit_fisher
-    r = pad.values - u
-    tiny = jnp.finfo(u.dtype).tiny ** 0.5
-    safe_r = jnp.where(jnp.abs(r) > tiny, r, 1.0)
-    # IRLS weight: for robust likelihoods far from the data it is far below the Fisher
-    # information, so the step is a weighted least-squares move towards the data instead of a
-    # bounded Fisher-scoring step of size ~σ_y. Capped at the Fisher information where the
-    # weight grows without bound near r = 0 (Laplace); Poisson's own weight is its Fisher
-    # information at the current mean, 1/(s² λ), and is not capped.
-    w = jnp.maximum(jnp.where(jnp.abs(r) > tiny, score / safe_r, fisher), 0.0)
-    poisson_message = config.likelihood == "poisson" and message
-    if config.likelihood != "poisson" or poisson_message:
-        w = jnp.minimum(w, fisher)
-    if poisson_message:
-        # A GP prediction from the other frames can put a rate near zero under a large count,
-        # where score and weight grow like 1/λ: the message step then leaves the span the
-        # frame's own Gram preconditions and blows up (ocean, 1% points, VRMSE 0.06 -> 1.0).
-        # Messages use the Gaussian approximation at the observed count instead (weight capped
-        # at the Fisher information there, score = weight x residual); far above the data the
-        # exact weight 1/(s² λ) is smaller and is kept. The own term stays exact Poisson: its
-        # prediction is the denoiser's estimate of the frame itself.
-        score = jnp.where(pad.mask, w * r, 0.0)
-    return score, jnp.where(pad.mask, w, 0.0)
+    # IRLS weight `score / r` (`Likelihood.irls`): for robust likelihoods far from the data it is
+    # far below the Fisher information, so the step is a weighted least-squares move towards the
+    # data instead of a bounded Fisher-scoring step of size ~σ_y. Poisson's own weight is its
+    # Fisher information at the current mean, uncapped; its messages use the Gaussian
+    # approximation at the observed count (see `models.likelihoods.PoissonExcess.irls`).
+    score, w = config.likelihood.irls(score, pad.values - u, fisher, message=message)
+    return jnp.where(pad.mask, score, 0.0), jnp.where(pad.mask, w, 0.0)
 
 
 def _guidance_terms(
@@ -759,7 +742,7 @@ def mpdps_gradient(
     loo: Float[ArrayLike, "M M"],
     *,
     lam: float,
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     sigma: float | str | None = None,
     likelihood_params: Mapping[str, float] | None = None,
     core_mean: float = 0.0,
@@ -775,7 +758,8 @@ def mpdps_gradient(
     - `design`: shape `(M, P, D)`; `padded`: observations (normalised field units).
     - `loo`: leave-one-out weights `C (M, M)` (`sdift_prob.gp.loo_weights`), zero diagonal.
     - `lam`: message weight λ ≥ 0 (0 gives the DPS gradient).
-    - `likelihood`, `sigma`, `likelihood_params`: as in `models.observation.likelihood_grad`.
+    - `likelihood`, `sigma`: as in `models.observation.likelihood_grad`; `likelihood_params`: the
+      parameters of a likelihood given by name (`df`, `poisson_offset`, `poisson_scale`).
     - `core_mean`: the prior mean `m` of every core entry (the prior's `core_mean`).
 
     **Returns:** the gradient, shape of `cores`.
@@ -789,14 +773,13 @@ def mpdps_gradient(
         raise bad_input("loo", f"leave-one-out weights of shape ({M}, {M})", C.shape)
     if not (_is_number(lam) and math.isfinite(lam) and lam >= 0):
         raise bad_input("lam", "a finite number >= 0", lam)
-    params = dict(likelihood_params or {})
-    check_observation_inputs(cores, design, padded, likelihood=likelihood, sigma=sigma, **params)
+    lik = resolve_likelihood(likelihood, **dict(likelihood_params or {}))
+    check_observation_inputs(cores, design, padded, likelihood=lik, sigma=sigma)
     design = jnp.asarray(design)
     flat = cores.reshape(M, -1)
 
     def grad(W: Array) -> Array:
-        return likelihood_grad(W.reshape(cores.shape), design, padded, likelihood=likelihood, sigma=sigma,
-                               **params).reshape(M, -1)
+        return likelihood_grad(W.reshape(cores.shape), design, padded, likelihood=lik, sigma=sigma).reshape(M, -1)
 
     g = grad(flat)
     if lam > 0:
@@ -967,7 +950,7 @@ def _anchor(sigma: Array, problem: GuidedProblem) -> tuple[Array, Array]:
 def _tweedie_sigma(problem: GuidedProblem, config: GuidedConfig) -> bool:
     """σ from its marginal likelihood under the Tweedie approximation (`noise.update_sigma_tweedie`):
     MMPS with Gaussian noise, where the preconditioner's eigenbasis is at hand."""
-    return (config.infer_sigma and isinstance(config.guidance, MomentMatching) and config.likelihood == "gaussian"
+    return (config.infer_sigma and isinstance(config.guidance, MomentMatching) and config.likelihood.conjugate
             and problem.preconditioner == "points")
 
 
@@ -996,7 +979,7 @@ def _update_sigma_y(
     start = math.ceil(config.sigma_burn_in * config.num_steps)
     new = update_sigma(
         key, W.reshape((W.shape[0], *problem.core_shape)), problem.design, problem.padded, sigma_y,
-        likelihood=config.likelihood, likelihood_params=_likelihood_kwargs(config),
+        likelihood=config.likelihood,
         prior_scale=config.sigma_prior_scale, mh_steps=config.mh_steps, mh_step_size=config.mh_step_size,
     )
     return jnp.where(i >= start, new, sigma_y)

@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
+from models.likelihoods import SIGMA_LIKELIHOODS, Likelihood, as_likelihood
 from models.observation import observation_model
-from sdift_prob.errors import bad_input
+from sdift_prob.errors import InputError, bad_input
 from sdift_prob.validation import check_count
 
 __all__ = [
@@ -55,8 +56,7 @@ __all__ = [
     "sigma_posterior_nuts",
 ]
 
-# Likelihoods with a scale parameter σ (Poisson has none).
-SIGMA_LIKELIHOODS = ("gaussian", "laplace", "student_t")
+# SIGMA_LIKELIHOODS (from models.likelihoods): the names of the likelihoods with a scale σ.
 DEFAULT_PRIOR_SCALE = 0.1
 _PRIOR_SHAPE = 1.0
 
@@ -71,14 +71,20 @@ def _check_positive(value: Any, argument: str) -> float:
     return v
 
 
-def _check_likelihood(likelihood: Any) -> str:
-    if likelihood not in SIGMA_LIKELIHOODS:
-        raise bad_input(
-            "likelihood",
-            f"a likelihood with a noise scale, one of {SIGMA_LIKELIHOODS} (poisson has no σ to infer)",
-            likelihood,
-        )
-    return likelihood
+def _check_likelihood(likelihood: Any, likelihood_params: dict[str, Any] | None = None) -> Likelihood:
+    """The `Likelihood` object of a name (+ parameters) or object; it must have a scale σ."""
+    expected = f"a likelihood with a noise scale, one of {SIGMA_LIKELIHOODS} (poisson has no σ to infer)"
+    try:
+        lik = as_likelihood(likelihood, **dict(likelihood_params or {}))
+    except TypeError as exc:
+        raise bad_input("likelihood_params", "only df for a likelihood with a noise scale", likelihood_params) from exc
+    except InputError as exc:
+        if isinstance(likelihood, Likelihood) or likelihood not in SIGMA_LIKELIHOODS:
+            raise bad_input("likelihood", expected, likelihood) from exc
+        raise
+    if not lik.has_sigma:
+        raise bad_input("likelihood", expected, lik.name)
+    return lik
 
 
 def sigma_conditional_gaussian(
@@ -174,7 +180,7 @@ def sigma_log_density(
     design: Float[Array, "M P D"],
     padded: Any,
     *,
-    likelihood: str,
+    likelihood: Likelihood | str,
     likelihood_params: dict[str, Any] | None = None,
     prior_scale: float = DEFAULT_PRIOR_SCALE,
 ) -> Float[Array, ""]:
@@ -189,20 +195,21 @@ def sigma_log_density(
     - `cores`: FTM cores, shape `(M, R1, .., RK)`.
     - `design`: per-frame design rows, shape `(M, P, D)`.
     - `padded`: `PaddedObservations` with values in normalised field units.
-    - `likelihood`: one of `SIGMA_LIKELIHOODS`.
-    - `likelihood_params`: extra likelihood parameters (e.g. `{"df": 4.0}` for Student-t).
+    - `likelihood`: a `models.likelihoods.Likelihood` with a scale σ (`has_sigma`), or one of
+      `SIGMA_LIKELIHOODS` by name.
+    - `likelihood_params`: the parameters of a likelihood given by name (e.g. `{"df": 4.0}` for
+      Student-t); None with an object.
     - `prior_scale`: passed to the model as `sigma_prior_scale`.
 
     **Returns:** the log density (scalar).
     """
     from numpyro.infer.util import log_density
 
-    _check_likelihood(likelihood)
-    kwargs = dict(likelihood_params or {})
+    lik = _check_likelihood(likelihood, likelihood_params)
     lp, _ = log_density(
         observation_model,
         (cores, design, padded),
-        {"likelihood": likelihood, "sigma": None, "sigma_prior_scale": prior_scale, **kwargs},
+        {"likelihood": lik, "sigma": None, "sigma_prior_scale": prior_scale},
         {"sigma": jnp.asarray(sigma)},
     )
     return lp
@@ -215,7 +222,7 @@ def update_sigma(
     padded: Any,
     sigma: Float[ArrayLike, ""],
     *,
-    likelihood: str,
+    likelihood: Likelihood | str,
     likelihood_params: dict[str, Any] | None = None,
     prior_scale: float = DEFAULT_PRIOR_SCALE,
     mh_steps: int = 20,
@@ -239,11 +246,11 @@ def update_sigma(
 
     **Returns:** the new σ (scalar).
     """
-    _check_likelihood(likelihood)
+    lik = _check_likelihood(likelihood, likelihood_params)
     M = cores.shape[0]
     if design.ndim != 3 or design.shape[0] != M:
         raise bad_input("design", f"an array of shape (M={M}, P, D)", f"shape {design.shape}")
-    if likelihood == "gaussian":
+    if lik.conjugate:
         pred = jnp.einsum("mpd,md->mp", design, cores.reshape(M, -1))
         residual = jnp.asarray(padded.values, pred.dtype) - pred
         return sigma_conditional_gaussian(key, residual, jnp.asarray(padded.mask), prior_scale=prior_scale)
@@ -263,7 +270,7 @@ def update_sigma(
     new, _ = sigma_metropolis(
         key,
         lambda s: sigma_log_density(
-            s, u.reshape(MP, 1), ones, points, likelihood=likelihood, likelihood_params=likelihood_params,
+            s, u.reshape(MP, 1), ones, points, likelihood=lik,
             prior_scale=prior_scale,
         ),
         sigma,
@@ -323,7 +330,7 @@ def sigma_posterior_nuts(
     cores_draws: Float[ArrayLike, "S M *R"],
     design: Float[ArrayLike, "M P D"],
     padded: Any,
-    likelihood: str,
+    likelihood: Likelihood | str,
     *,
     likelihood_params: dict[str, Any] | None = None,
     prior_scale: float = DEFAULT_PRIOR_SCALE,
@@ -342,7 +349,7 @@ def sigma_posterior_nuts(
     - `cores_draws`: posterior core draws in FTM core units, shape `(S, M, R1, .., RK)`.
     - `design`: shape `(M, P, D)`.
     - `padded`: `PaddedObservations` with values in normalised field units.
-    - `likelihood`: one of `SIGMA_LIKELIHOODS`.
+    - `likelihood`: as in `sigma_log_density`.
     - `likelihood_params`, `prior_scale`: as in `sigma_log_density`.
     - `num_warmup`, `num_samples`: NUTS settings (≥ 1).
     - `progress`: show NumPyro's progress bar.
@@ -353,7 +360,7 @@ def sigma_posterior_nuts(
     import numpyro.distributions as dist
     from numpyro.infer import MCMC, NUTS, init_to_value
 
-    _check_likelihood(likelihood)
+    lik = _check_likelihood(likelihood, likelihood_params)
     num_warmup = check_count(num_warmup, "num_warmup")
     num_samples = check_count(num_samples, "num_samples")
     _check_positive(prior_scale, "prior_scale")
@@ -373,7 +380,7 @@ def sigma_posterior_nuts(
         # Evaluated inside the outer model: block it so its sites stay out of the outer trace.
         with numpyro.handlers.block():
             return sigma_log_density(
-                s, cores, design, padded, likelihood=likelihood, likelihood_params=likelihood_params,
+                s, cores, design, padded, likelihood=lik,
                 prior_scale=prior_scale,
             )
 

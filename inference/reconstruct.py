@@ -33,8 +33,9 @@ from sdift_prob.run import read_manifest
 from sdift_prob.validation import check_count, check_key
 
 from . import report, self_checks
-from .calibrate import FOLD_LIKELIHOODS, calibrate, fold_log_lik, predict_folds
+from .calibrate import _fold_likelihood, calibrate, fold_log_lik, predict_folds
 from .constraints import Constraint, Dynamics, FieldDecoder
+from models.likelihoods import SIGMA_LIKELIHOODS, Gaussian, Likelihood, PoissonExcess, as_likelihood
 from .guidance import Fisher, MomentMatching
 from .guided import GuidedConfig, sample_posterior, union_times
 from .preconditioners import PriorSpectrum
@@ -328,7 +329,7 @@ def reconstruct(
     times: Sequence[float] | None = None,
     grids: Mapping[str, Any] | None = None,
     resolution: int = 1,
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     sigma: float | str | None = None,
     config: GuidedConfig | None = None,
     chunk_size: int | None = None,
@@ -361,7 +362,10 @@ def reconstruct(
       sampler's grid is the union of these and the observation times.
     - `grids`: mapping space dim -> physical coordinates of the output grid (default: training
       grid); `resolution`: integer refinement factor per axis.
-    - `likelihood`: `"gaussian" | "laplace" | "student_t" | "poisson"`.
+    - `likelihood`: a `models.likelihoods.Likelihood` or its name `"gaussian" | "laplace" |
+      "student_t" | "poisson"`. The name `"poisson"` reads the offset and scale from `obs.attrs`
+      (`poisson_offset`, `poisson_scale`, physical units, as `sample_observations` records them);
+      a `PoissonExcess` object gives them in physical units.
     - `sigma`: observation noise std in physical units; `"metadata"` (per point, from
       `obs.noise_scale`); `"infer"` (σ inferred inside the sampler); None: metadata when every
       point has it, else inferred.
@@ -428,6 +432,7 @@ def reconstruct(
 
     ftm = run.ftm
     normalizer = ftm.normalizer
+    lik = _likelihood(likelihood, obs, normalizer)
     out_times = np.asarray(ftm.times if times is None else times, dtype=np.float64)
     if out_times.ndim != 1 or out_times.size < 1 or not np.isfinite(out_times).all():
         raise bad_input("times", "a non-empty 1-D sequence of finite physical times", times)
@@ -446,10 +451,10 @@ def reconstruct(
     # Gaussian noise inferred: σ drawn before sampling from the Gaussian model's marginal
     # likelihood, the representation error kept apart (`inference.sigma_marginal`); other
     # likelihoods infer σ inside the sampler, where it absorbs the representation error.
-    sigma_before = conditioned and infer_sigma and likelihood == "gaussian" and sampler != "gp"
+    sigma_before = conditioned and infer_sigma and lik.conjugate and sampler != "gp"
     rep_applied = ("no observations" if not conditioned else "added to the inferred noise" if sigma_before
                    else "absorbed by the inferred sigma" if infer_sigma
-                   else "not used (poisson likelihood)" if likelihood == "poisson" else "added to the given noise")
+                   else f"not used ({lik.name} likelihood)" if not lik.has_sigma else "added to the given noise")
     rep_added = rep_applied == "added to the given noise"  # to sigma_y here, or per point below
     if rep_added and sigma_y != "metadata":
         sigma_y = math.hypot(sigma_y, rep_error)
@@ -482,20 +487,7 @@ def reconstruct(
     )
     design = np.asarray(design_rows(ftm.model, coords.reshape(-1, coords.shape[-1]))).reshape(M, P, -1)
 
-    like_params: dict[str, float] = {}
-    if likelihood == "poisson":
-        attrs = obs.attrs or {}
-        # The Poisson-like noise of `sample_observations` records its offset and scale (physical).
-        scale = attrs.get("poisson_scale", attrs.get("noise_scale") if attrs.get("noise") == "poisson" else None)
-        if "poisson_offset" not in attrs or scale is None:
-            raise bad_input("obs.attrs", "poisson_offset and the Poisson scale (physical) for likelihood='poisson'",
-                            sorted(attrs))
-        # A count-0 point normalised in float32 may land a rounding step below the offset; the
-        # observation model's input check allows that (POISSON_COUNT_TOLERANCE).
-        like_params = {
-            "poisson_offset": float(normalizer.forward(float(attrs["poisson_offset"]))),
-            "poisson_scale": float(scale) / normalizer.std,
-        }
+    if not lik.has_sigma:
         sigma_y, infer_sigma = None, False
 
     n_total = int(draws) * int(chains)
@@ -518,9 +510,9 @@ def reconstruct(
         }
         sigma_y = float(np.median(sigma_eff_draws))  # the config's level; each draw runs at its own
     if sampler == "gp":
-        if likelihood != "gaussian":
+        if not lik.conjugate:
             raise bad_input("likelihood", "'gaussian' for the gp sampler (its posterior is exact only there)",
-                            likelihood)
+                            lik.name)
         sigma_arg = sigma_y if conditioned else 1.0
         core_draws = np.asarray(
             sample_conjugate(key, run.gp_params, design, padded, sigma_arg, times_norm, n_total)
@@ -535,11 +527,10 @@ def reconstruct(
         # Without data the draws are the prior's: no guidance at all (ζ = 0, the cheap rule);
         # with constraints but no data, the constraints alone guide (the padding has no weight).
         if conditioned:
-            cfg = dataclasses.replace(base, likelihood=likelihood, sigma_y=sigma_y,
-                                      infer_sigma=infer_sigma and not sigma_before,
-                                      likelihood_params=tuple(like_params.items()))
+            cfg = dataclasses.replace(base, likelihood=lik, sigma_y=sigma_y,
+                                      infer_sigma=infer_sigma and not sigma_before, likelihood_params=())
         elif active:
-            cfg = dataclasses.replace(base, method="dps", likelihood="gaussian", sigma_y=1.0, infer_sigma=False,
+            cfg = dataclasses.replace(base, method="dps", likelihood=Gaussian(), sigma_y=1.0, infer_sigma=False,
                                       likelihood_params=())
         else:
             cfg = dataclasses.replace(base, method="dps", guidance=Fisher(), through_denoiser=False, corrector=None,
@@ -571,13 +562,13 @@ def reconstruct(
     field_norm = decode_grid(ftm.model, jnp.asarray(core_draws[:, :, out_idx]), out_grids)
     field_draws = np.asarray(normalizer.inverse(np.asarray(field_norm)), dtype=np.float32)
     # issue 16: what the run did, and its output's own checks (raise or warn, before the predictive)
-    facts = _run_facts(run, obs, sigma=sigma, likelihood=likelihood, conditioned=conditioned, infer_sigma=infer_sigma,
+    facts = _run_facts(run, obs, sigma=sigma, likelihood=lik, conditioned=conditioned, infer_sigma=infer_sigma,
                        sigma_y=sigma_y, sigma_norm_draws=sigma_norm_draws if noise_draws is None else noise_draws,
                        padded=padded, out_times=out_times, grid_times=grid_times)
     if sigma_before:
         facts["noise"].update(settings["sigma_inference"], representation_error_added=rep_error * normalizer.std)
     check_results = _self_check(run, field_norm, core_draws, design, padded, sigma_y=sigma_y,
-                                sigma_norm_draws=sigma_norm_draws, likelihood=likelihood, conditioned=conditioned,
+                                sigma_norm_draws=sigma_norm_draws, likelihood=lik, conditioned=conditioned,
                                 noise=facts["noise"], checks=checks,
                                 basis_error_known=not rep_source.startswith("unknown"))
 
@@ -585,8 +576,8 @@ def reconstruct(
         obs_order = report.observation_order(obs, grid_times, padded_phys.mask.shape[1])
         model_sigma = sigma_y if sigma_norm_draws is None else None
         k_pred = jax.random.fold_in(key, 1)
-        common = dict(likelihood=likelihood, sigma_draws=sigma_norm_draws, sigma=model_sigma,
-                      normalizer=normalizer, batch_size=chunk_size, **like_params)
+        common = dict(likelihood=lik, sigma_draws=sigma_norm_draws, sigma=model_sigma,
+                      normalizer=normalizer, batch_size=chunk_size)
         pad_j = jax.tree.map(np.asarray, padded)
         y_rep = report.posterior_predictive(k_pred, core_draws, design, pad_j, obs_order, **common)
         log_lik = report.pointwise_log_likelihood(core_draws, design, pad_j, obs_order, **common)
@@ -604,7 +595,7 @@ def reconstruct(
     attrs = {
         "sampler": sampler,
         "conditioned": int(conditioned),
-        "likelihood": likelihood,
+        "likelihood": lik.name,
         "settings": settings,
         "sigma_input": sigma if isinstance(sigma, (str, type(None))) else float(sigma),
         "representation_error": {"std": rep_error * float(normalizer.std), "source": rep_source,
@@ -719,7 +710,7 @@ def predict_folds_reconstruction(
     frame_fraction: float = 0.2,
     sampler: str = DEFAULT_SAMPLER,
     draws: int = 8,
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     sigma: float | str | None = None,
     config: GuidedConfig | None = None,
     progress: bool = False,
@@ -732,12 +723,11 @@ def predict_folds_reconstruction(
 
     `frame_fraction` (default 0.2) of the time stamps are held out whole, so the frames without data
     get their own coverage figures. Other arguments as `reconstruct` (`likelihood` one of
-    "gaussian", "laplace", "student_t"; a student_t `df` other than the default 4 is not passed on).
+    "gaussian", "laplace", "student_t", or such an object: `StudentT(df)` passes its `df` on).
 
     **Returns:** `inference.calibrate.FoldPredictions`.
     """
-    if likelihood not in FOLD_LIKELIHOODS:
-        raise bad_input("likelihood", f"one of {FOLD_LIKELIHOODS}", likelihood)
+    likelihood = _fold_likelihood(likelihood)
     base = config if sampler == "gp" else sampler_config(sampler, config)
 
     def predict(k: PRNGKeyArray, obs_fit: ObservationSet, obs_held: ObservationSet):
@@ -760,13 +750,14 @@ def temper_reconstruction(run: Run, idata: Any, obs: ObservationSet, tau: float,
     f_obs = field_at_observations(run, idata, obs) if "posterior_predictive" in idata.groups() else None
     log_lik_fn = None
     attrs = report.posterior_attrs(idata)
-    like = attrs.get("likelihood", "gaussian")
-    if f_obs is not None and "log_likelihood" in idata.groups() and like in FOLD_LIKELIHOODS:
+    like = attrs.get("likelihood", "gaussian")  # the stored name of a likelihood with a σ, or not
+    if f_obs is not None and "log_likelihood" in idata.groups() and like in SIGMA_LIKELIHOODS:
         noise = _noise_sd(idata, obs, sigma)
-        df = 4.0  # the default df; with another one the check below fails and the group is removed
+        # StudentT at the default df; with another one the check below fails and the group is removed
+        lik = as_likelihood(like)
 
         def log_lik_fn(f: np.ndarray) -> np.ndarray:
-            return fold_log_lik(obs.value, f, noise, like, df)
+            return fold_log_lik(obs.value, f, noise, lik)
 
         stored = idata.log_likelihood["y"].values
         if not np.allclose(log_lik_fn(f_obs), stored, rtol=1e-3, atol=1e-3):
@@ -940,16 +931,35 @@ def _describe_constraint(c: Any, grid_times: np.ndarray) -> dict[str, Any]:
     return c.to_dict()
 
 
+def _likelihood(likelihood: Any, obs: ObservationSet, normalizer: Any) -> Likelihood:
+    """The likelihood object in normalised field units, converted once from `reconstruct`'s argument.
+
+    The name `"poisson"` reads the offset and scale (physical) from `obs.attrs`, where the
+    Poisson-like noise of `sample_observations` records them; a `PoissonExcess` object gives
+    them in physical units. A count-0 point normalised in float32 may land a rounding step below
+    the offset; the observation model's input check allows that (POISSON_COUNT_TOLERANCE).
+    """
+    if isinstance(likelihood, str) and likelihood == "poisson":  # argument parsing: o, s from the data
+        attrs = obs.attrs or {}
+        scale = attrs.get("poisson_scale", attrs.get("noise_scale") if attrs.get("noise") == "poisson" else None)
+        if "poisson_offset" not in attrs or scale is None:
+            raise bad_input("obs.attrs", "poisson_offset and the Poisson scale (physical) for likelihood='poisson'",
+                            sorted(attrs))
+        likelihood = PoissonExcess(float(attrs["poisson_offset"]), float(scale))
+    return as_likelihood(likelihood).normalised(normalizer)
+
+
 # --- what the run did, for the attrs and `inference.summary.run_summary` (issue 16) -----------
 
 
-def _noise_source(obs: ObservationSet, sigma: Any, likelihood: str, conditioned: bool,
+def _noise_source(obs: ObservationSet, sigma: Any, likelihood: Likelihood, conditioned: bool,
                   infer_sigma: bool) -> dict[str, str]:
     """Where the noise level came from (`given` / `per point` / `inferred` / ...) and why."""
     if not conditioned:
         return {"source": "none", "reason": "no observations: prior draws"}
-    if likelihood == "poisson":
-        return {"source": "poisson", "reason": "likelihood='poisson': the counts' own variance (obs.attrs)"}
+    if not likelihood.has_sigma:
+        return {"source": likelihood.name,
+                "reason": f"likelihood={likelihood.name!r}: the counts' own variance (obs.attrs)"}
     if infer_sigma:
         why = ("sigma='infer'" if sigma == "infer"
                else "sigma not given and obs.noise_scale unknown (NaN) for every point")
@@ -960,7 +970,7 @@ def _noise_source(obs: ObservationSet, sigma: Any, likelihood: str, conditioned:
     return {"source": "given", "reason": f"sigma={float(sigma):g} given (physical units)"}
 
 
-def _run_facts(run: Run, obs: ObservationSet, *, sigma: Any, likelihood: str, conditioned: bool,
+def _run_facts(run: Run, obs: ObservationSet, *, sigma: Any, likelihood: Likelihood, conditioned: bool,
                infer_sigma: bool, sigma_y: Any, sigma_norm_draws: Any, padded: PaddedObservations,
                out_times: np.ndarray, grid_times: np.ndarray) -> dict[str, Any]:
     """The attrs entries `noise`, `data`, `time_range` and `observations` (the observation
@@ -1002,7 +1012,7 @@ def _run_facts(run: Run, obs: ObservationSet, *, sigma: Any, likelihood: str, co
 
 
 def _self_check(run: Run, field_norm: Any, core_draws: np.ndarray, design: np.ndarray,
-                padded: PaddedObservations, *, sigma_y: Any, sigma_norm_draws: Any, likelihood: str,
+                padded: PaddedObservations, *, sigma_y: Any, sigma_norm_draws: Any, likelihood: Likelihood,
                 conditioned: bool, noise: Mapping[str, Any], checks: str,
                 basis_error_known: bool = True) -> list[dict[str, Any]]:
     """Run `inference.self_checks.run_checks` on a decoded reconstruction and `enforce` the
@@ -1013,7 +1023,7 @@ def _self_check(run: Run, field_norm: Any, core_draws: np.ndarray, design: np.nd
     normalizer = run.ftm.normalizer
     mask = np.asarray(padded.mask)
     scale: Any = None
-    if conditioned and likelihood != "poisson":
+    if conditioned and likelihood.has_sigma:
         if sigma_y == "metadata":
             scale = np.asarray(padded.noise_scale)[mask]
         elif sigma_norm_draws is not None:
@@ -1031,6 +1041,6 @@ def _self_check(run: Run, field_norm: Any, core_draws: np.ndarray, design: np.nd
     results = self_checks.run_checks(
         field_norm=np.asarray(field_norm), train_range=run.training_range, mean=normalizer.mean, std=normalizer.std,
         units=units, predicted=predicted, observed=observed, noise=scale, noise_source=source,
-        robust=likelihood == "student_t", basis_error_known=basis_error_known or sigma_norm_draws is not None)
+        robust=likelihood.robust, basis_error_known=basis_error_known or sigma_norm_draws is not None)
     self_checks.enforce(results, checks, stacklevel=3)
     return results

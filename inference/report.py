@@ -41,7 +41,8 @@ from numpyro.handlers import uncondition
 from numpyro.infer import Predictive, log_likelihood
 
 import sdift_prob
-from models.observation import LIKELIHOODS, check_observation_inputs, observation_model
+from models.likelihoods import Likelihood
+from models.observation import check_observation_inputs, observation_model, resolve_likelihood
 from sdift_prob.data.fields import Normalizer
 from sdift_prob.data.observations import ObservationSet, PaddedObservations
 from sdift_prob.errors import FormatError, InputError, NumericalError, bad_input
@@ -93,6 +94,7 @@ INFERENCE_LIBRARY = "sdift-prob"
 POSTERIOR_KIND = "posterior"
 POSTERIOR_FORMAT_VERSION = 1
 _MODEL_OPTIONS = ("df", "poisson_offset", "poisson_scale", "sigma_prior_scale")
+_LIKELIHOOD_OPTIONS = ("df", "poisson_offset", "poisson_scale")  # the parameters of a likelihood given by name
 _GROUPS_WITH_OBS = ("posterior_predictive", "observed_data", "log_likelihood")
 _RESERVED = ("chain", "draw", "time", "time_grid", "obs_id", "obs_time", "field", "cores", "sigma")
 
@@ -216,8 +218,13 @@ def _check_model_inputs(
     core_draws: Any, design: Any, padded: Any, obs_order: Any, likelihood: Any, sigma_draws: Any,
     sigma: Any, normalizer: Any, batch_size: Any, model_kwargs: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, int, dict[str, Any]]:
-    if likelihood not in LIKELIHOODS:
-        raise bad_input("likelihood", f"one of {LIKELIHOODS}", likelihood)
+    unknown = sorted(set(model_kwargs) - set(_MODEL_OPTIONS))
+    if unknown:
+        raise bad_input("model_kwargs", f"only observation_model options {_MODEL_OPTIONS}", unknown)
+    # The likelihood object, once: from an object, or from a name with its parameters in model_kwargs.
+    lik_params = {k: model_kwargs[k] for k in _LIKELIHOOD_OPTIONS if k in model_kwargs}
+    model_kwargs = {k: v for k, v in model_kwargs.items() if k not in _LIKELIHOOD_OPTIONS}
+    lik = resolve_likelihood(likelihood, **lik_params)
     cores = _check_draws(core_draws, "core_draws", None, ", M, R1, .., RK)", min_ndim=4)
     if not isinstance(padded, PaddedObservations):
         raise bad_input("padded", "a PaddedObservations (normalised units, see models.observation.normalise_padded)",
@@ -239,8 +246,8 @@ def _check_model_inputs(
         raise bad_input("obs_order", f"each obs_id 0..{n - 1} exactly once", "repeated or missing ids")
     sig = None
     if sigma_draws is not None:
-        if likelihood == "poisson":
-            raise bad_input("sigma_draws", "None for likelihood='poisson' (it has no sigma)", "an array")
+        if not lik.has_sigma:
+            raise bad_input("sigma_draws", f"None for likelihood={lik.name!r} (it has no sigma)", "an array")
         if sigma is not None:
             raise bad_input("sigma", "None when sigma_draws is given (one source of the noise level)", sigma)
         sig = _check_draws(sigma_draws, "sigma_draws", cores.shape[:2], ")").astype(np.float64)
@@ -248,7 +255,7 @@ def _check_model_inputs(
             raise bad_input("sigma_draws", f"shape (chain, draw) = {cores.shape[:2]}", f"shape {sig.shape}")
         if not (np.isfinite(sig) & (sig > 0)).all():
             raise bad_input("sigma_draws", "positive finite noise levels", "zero, negative or non-finite entries")
-    elif likelihood != "poisson" and sigma is None:
+    elif lik.has_sigma and sigma is None:
         raise bad_input("sigma", "a fixed noise level (number, array or 'metadata') when sigma_draws is None", sigma)
     if normalizer is not None and not isinstance(normalizer, Normalizer):
         raise bad_input("normalizer", "a Normalizer or None (model units are physical)", type(normalizer).__name__)
@@ -259,14 +266,11 @@ def _check_model_inputs(
         raise bad_input("batch_size", "a positive int or None", batch_size)
     else:
         chunk = min(int(batch_size), n_flat)
-    unknown = sorted(set(model_kwargs) - set(_MODEL_OPTIONS))
-    if unknown:
-        raise bad_input("model_kwargs", f"only observation_model options {_MODEL_OPTIONS}", unknown)
     if not np.isfinite(cores).all():
         bad = int((~np.isfinite(cores)).reshape(n_flat, -1).any(axis=1).sum())
         raise bad_input("core_draws", "finite values (leave out diverged draws first)",
                         f"{bad} of {n_flat} draws with NaN/inf")
-    kwargs = dict(likelihood=likelihood, sigma=sigma, **model_kwargs)
+    kwargs = dict(likelihood=lik, sigma=sigma, **model_kwargs)
     check_observation_inputs(cores[0, 0], design, padded, **kwargs)
     return cores, sig, order, mask, chunk, kwargs
 
@@ -344,7 +348,7 @@ def pointwise_log_likelihood(
     design: Float[ArrayLike, "M P D"],
     padded: PaddedObservations,
     obs_order: Int[ArrayLike, "M P"],
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     sigma_draws: Float[ArrayLike, "chain draw"] | None = None,
     *,
     sigma: float | ArrayLike | str | None = None,
@@ -363,15 +367,15 @@ def pointwise_log_likelihood(
     - `design`: `(M, P, D)` design rows of the padded points.
     - `padded`: `PaddedObservations` in the model's (normalised) units.
     - `obs_order`: `(M, P)` obs_id of each padded entry, -1 on padding (`observation_order`).
-    - `likelihood`: as `observation_model`.
+    - `likelihood`: as `observation_model` (a `models.likelihoods.Likelihood` or its name).
     - `sigma_draws`: `(chain, draw)` noise std per draw in model units, when it was inferred.
     - `sigma`: the fixed noise level when `sigma_draws` is None (as `observation_model`).
     - `normalizer`: the field normaliser the model units come from; the result is then a
       density per physical unit (`- log std` per point). None: model units are physical.
     - `batch_size`: draws per compiled chunk (None = all at once); the result does not depend
       on it.
-    - `model_kwargs`: further `observation_model` options (`df`, `poisson_offset`,
-      `poisson_scale`, `sigma_prior_scale`).
+    - `model_kwargs`: further `observation_model` options (`sigma_prior_scale`; `df`,
+      `poisson_offset`, `poisson_scale` with a likelihood given by name).
 
     **Returns:** `(chain, draw, N)` float, in the order of the `ObservationSet` (obs_id).
     """
@@ -397,7 +401,7 @@ def posterior_predictive(
     design: Float[ArrayLike, "M P D"],
     padded: PaddedObservations,
     obs_order: Int[ArrayLike, "M P"],
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     sigma_draws: Float[ArrayLike, "chain draw"] | None = None,
     *,
     sigma: float | ArrayLike | str | None = None,

@@ -5,14 +5,17 @@ in **normalised field units** (see `normalise_padded`). The guided samplers get 
 gradient from this model's log density (`likelihood_grad`), so every likelihood here works for
 guidance without new code.
 
-Likelihoods (all parametrised so that `sigma` is the standard deviation of the noise):
+Likelihoods are the objects of `models.likelihoods` (all parametrised so that `sigma` is the
+standard deviation of the noise); every function here also takes the old names with their
+parameters (`df`, `poisson_offset`, `poisson_scale`) and converts them once with `as_likelihood`:
 
-- `"gaussian"`: `N(u, σ²)`.
-- `"laplace"`: `Laplace(u, b)` with `b = σ/√2`.
-- `"student_t"`: `StudentT(df, u, σ)` (here `σ` is the scale; the std is `σ √(df/(df-2))`).
-- `"poisson"` (shot noise on the excess over an offset `o`, as the observation sampler draws it):
-  `k = (y - o)/s ~ Poisson(λ)` with `λ = max((u - o)/s, 1e-6)`. `sigma` is not used: the noise
-  level is set by `s` (`Var y = s (u - o)`). See `PoissonExcess` for the relaxation to real `y`.
+- `Gaussian()` / `"gaussian"`: `N(u, σ²)`.
+- `Laplace()` / `"laplace"`: `Laplace(u, b)` with `b = σ/√2`.
+- `StudentT(df)` / `"student_t"`: `StudentT(df, u, σ)` (here `σ` is the scale; the std is `σ √(df/(df-2))`).
+- `likelihoods.PoissonExcess(o, s)` / `"poisson"` (shot noise on the excess over an offset `o`, as
+  the observation sampler draws it): `k = (y - o)/s ~ Poisson(λ)` with `λ = max((u - o)/s, 1e-6)`.
+  `sigma` is not used: the noise level is set by `s` (`Var y = s (u - o)`). See the distribution
+  `PoissonExcess` here for the relaxation to real `y`.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ from numpyro.infer.util import log_density
 
 from sdift_prob.errors import bad_input
 
+from .likelihoods import LIKELIHOODS, POISSON_RATE_FLOOR, Likelihood, as_likelihood
+
 __all__ = [
     "LIKELIHOODS",
     "POISSON_RATE_FLOOR",
     "PoissonExcess",
     "observation_model",
+    "resolve_likelihood",
     "check_observation_inputs",
     "log_likelihood_fn",
     "likelihood_grad",
@@ -45,11 +51,6 @@ __all__ = [
     "normalise_padded",
 ]
 
-LIKELIHOODS = ("gaussian", "laplace", "student_t", "poisson")
-# Smallest Poisson rate: keeps log λ finite when the predicted mean falls to or below the offset.
-POISSON_RATE_FLOOR = 1e-6
-# A value this many counts below the offset is count 0 rounded, not bad data.
-POISSON_COUNT_TOLERANCE = 1e-3
 
 
 class PoissonExcess(dist.Distribution):
@@ -121,15 +122,31 @@ def _scalar_ok(value: Any, positive: bool = True) -> bool:
     return math.isfinite(value) and (value > 0 if positive else True)
 
 
+def resolve_likelihood(
+    likelihood: Likelihood | str,
+    df: float | None = None,
+    poisson_offset: float | None = None,
+    poisson_scale: float | None = None,
+) -> Likelihood:
+    """The `Likelihood` object of the arguments of the functions here (old name + parameters, or
+    an object); `poisson_offset`/`poisson_scale` with a likelihood that is not Poisson are an error."""
+    lik = as_likelihood(likelihood, df=df, poisson_offset=poisson_offset, poisson_scale=poisson_scale)
+    if (poisson_offset is not None or poisson_scale is not None) and "poisson_offset" not in lik.params():
+        raise bad_input(
+            "poisson_offset/poisson_scale", "None unless likelihood='poisson'", (poisson_offset, poisson_scale)
+        )
+    return lik
+
+
 def check_observation_inputs(
     cores: Float[ArrayLike, "M *R"],
     design: Float[ArrayLike, "M P D"],
     padded: Any,
     *,
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     sigma: float | ArrayLike | str | None = None,
     sigma_prior_scale: float = 1.0,
-    df: float = 4.0,
+    df: float | None = None,
     poisson_offset: float | None = None,
     poisson_scale: float | None = None,
 ) -> None:
@@ -142,8 +159,7 @@ def check_observation_inputs(
     points, a non-positive sigma (fixed, per point, or from metadata), a Poisson observation below
     the offset, unknown likelihood names, bad `df`.
     """
-    if likelihood not in LIKELIHOODS:
-        raise bad_input("likelihood", f"one of {LIKELIHOODS}", likelihood)
+    lik = resolve_likelihood(likelihood, df, poisson_offset, poisson_scale)
     cshape, dshape = _shape(cores), _shape(design)
     if cshape is None or len(cshape) < 2:
         raise bad_input("cores", "an array of shape (M, R1, ..., RK)", cshape if cshape is not None else cores)
@@ -161,23 +177,8 @@ def check_observation_inputs(
         raise bad_input("padded.mask", "a boolean array", getattr(mask, "dtype", mask))
     if not _scalar_ok(sigma_prior_scale):
         raise bad_input("sigma_prior_scale", "a positive finite number", sigma_prior_scale)
-    if likelihood == "student_t" and not _scalar_ok(df):
-        raise bad_input("df", "a positive finite number of degrees of freedom", df)
-    if likelihood == "poisson":
-        if sigma is not None:
-            raise bad_input("sigma", "None for likelihood='poisson' (its noise level is poisson_scale)", sigma)
-        if not _scalar_ok(poisson_offset, positive=False):
-            raise bad_input(
-                "poisson_offset", "a finite number (normalised units) for likelihood='poisson'", poisson_offset
-            )
-        if not _scalar_ok(poisson_scale):
-            raise bad_input(
-                "poisson_scale", "a positive finite number (normalised units) for likelihood='poisson'", poisson_scale
-            )
-    elif poisson_offset is not None or poisson_scale is not None:
-        raise bad_input(
-            "poisson_offset/poisson_scale", "None unless likelihood='poisson'", (poisson_offset, poisson_scale)
-        )
+    if not lik.has_sigma and sigma is not None:
+        raise bad_input("sigma", f"None for likelihood={lik.name!r} (it has no noise scale sigma)", sigma)
     if isinstance(sigma, str) and sigma != "metadata":
         raise bad_input(
             "sigma", "None, a positive number, a positive array broadcastable to (M, P), or 'metadata'", sigma
@@ -225,17 +226,7 @@ def check_observation_inputs(
         if bad.any():
             i, j = (int(a[0]) for a in np.nonzero(bad))
             raise bad_input("sigma", "positive finite noise levels", f"sigma at [{i}, {j}] = {s[i, j]}")
-    if likelihood == "poisson":
-        # Counts below zero are bad data; a value a rounding step under the offset (float32
-        # normalisation of a count-0 point) is count 0.
-        below = m & ((v - poisson_offset) / poisson_scale < -POISSON_COUNT_TOLERANCE)
-        if below.any():
-            i, j = (int(a[0]) for a in np.nonzero(below))
-            raise bad_input(
-                "padded.values",
-                f"values >= poisson_offset = {poisson_offset} for likelihood='poisson'",
-                f"values[{i}, {j}] = {v[i, j]}",
-            )
+    lik.check_values(v, m)
 
 
 def observation_model(
@@ -243,10 +234,10 @@ def observation_model(
     design: Float[ArrayLike, "M P D"],
     padded: Any,
     *,
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     sigma: float | ArrayLike | str | None = None,
     sigma_prior_scale: float = 1.0,
-    df: float = 4.0,
+    df: float | None = None,
     poisson_offset: float | None = None,
     poisson_scale: float | None = None,
     validate: bool = True,
@@ -264,20 +255,20 @@ def observation_model(
     - `design`: shape `(M, P, D)`, `D = R1 ⋯ RK`: design rows `A` of each padded point.
     - `padded`: `PaddedObservations` (`values`, `mask`, `noise_scale` of shape `(M, P)`), in
       normalised field units (`normalise_padded`).
-    - `likelihood`: `"gaussian" | "laplace" | "student_t" | "poisson"`.
+    - `likelihood`: a `models.likelihoods.Likelihood`, or its name `"gaussian" | "laplace" |
+      "student_t" | "poisson"` with the parameters below.
     - `sigma`: noise std (normalised units): `None` (inferred, site `"sigma"`), a positive number,
       a positive array broadcastable to `(M, P)`, or `"metadata"` (per point, from
-      `padded.noise_scale`). Must be `None` for `"poisson"`.
+      `padded.noise_scale`). Must be `None` for a likelihood without σ (Poisson).
     - `sigma_prior_scale`: scale of the `HalfNormal` prior on sigma.
-    - `df`: degrees of freedom of `"student_t"`.
-    - `poisson_offset`, `poisson_scale`: `o` and `s` of `"poisson"` (normalised units).
+    - `df`: degrees of freedom of `"student_t"` (None: 4); only with a name.
+    - `poisson_offset`, `poisson_scale`: `o` and `s` of `"poisson"` (normalised units); only with a name.
     - `validate`: run `check_observation_inputs` (value checks only run on concrete input).
     """
+    lik = resolve_likelihood(likelihood, df, poisson_offset, poisson_scale)
     if validate:
-        check_observation_inputs(
-            cores, design, padded, likelihood=likelihood, sigma=sigma, sigma_prior_scale=sigma_prior_scale,
-            df=df, poisson_offset=poisson_offset, poisson_scale=poisson_scale,
-        )
+        check_observation_inputs(cores, design, padded, likelihood=lik, sigma=sigma,
+                                 sigma_prior_scale=sigma_prior_scale)
     cores = jnp.asarray(cores)
     M = cores.shape[0]
     design = jnp.asarray(design)
@@ -286,13 +277,9 @@ def observation_model(
     pred = jnp.einsum("mpd,md->mp", design, cores.reshape(M, -1))
     # Padded entries get harmless stand-in values: the mask zeroes their log density, but NaN or
     # out-of-support values there would still poison gradients through jnp.where.
-    if likelihood == "poisson":
-        safe = poisson_offset + poisson_scale
-    else:
-        safe = 0.0
-    y = jnp.where(mask, jnp.asarray(padded.values, dtype=pred.dtype), safe)
+    y = jnp.where(mask, jnp.asarray(padded.values, dtype=pred.dtype), lik.pad_value())
 
-    if likelihood == "poisson":
+    if not lik.has_sigma:
         noise = None
     elif sigma is None:
         noise = numpyro.sample("sigma", dist.HalfNormal(sigma_prior_scale))
@@ -301,14 +288,7 @@ def observation_model(
     else:
         noise = jnp.where(mask, jnp.broadcast_to(jnp.asarray(sigma, dtype=pred.dtype), (M, P)), 1.0)
 
-    if likelihood == "gaussian":
-        obs_dist = dist.Normal(pred, noise)
-    elif likelihood == "laplace":
-        obs_dist = dist.Laplace(pred, noise / math.sqrt(2.0))
-    elif likelihood == "student_t":
-        obs_dist = dist.StudentT(df, pred, noise)
-    else:
-        obs_dist = PoissonExcess(pred, poisson_offset, poisson_scale)
+    obs_dist = lik.distribution(pred, noise)
 
     with numpyro.plate("time", M, dim=-2), numpyro.plate("point", P, dim=-1), numpyro.handlers.mask(mask=mask):
         numpyro.sample("y", obs_dist, obs=y)
@@ -319,9 +299,9 @@ def log_likelihood_fn(
     design: Float[Array, "M P D"],
     padded: Any,
     *,
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     sigma: float | ArrayLike | str,
-    df: float = 4.0,
+    df: float | None = None,
     poisson_offset: float | None = None,
     poisson_scale: float | None = None,
 ) -> Float[Array, ""]:
@@ -331,20 +311,14 @@ def log_likelihood_fn(
     `check_observation_inputs` once beforehand. `likelihood` must be static under `jit`.
 
     **Arguments:** as `observation_model`, except that `sigma` is required (the fixed noise level
-    substituted for the `"sigma"` site), and is ignored for `"poisson"` (pass `None`).
+    substituted for the `"sigma"` site), and is ignored for a likelihood without σ (pass `None`).
 
     **Returns:** scalar log p(y | cores).
     """
-    if likelihood not in LIKELIHOODS:
-        raise bad_input("likelihood", f"one of {LIKELIHOODS}", likelihood)
-    if likelihood != "poisson" and sigma is None:
+    lik = as_likelihood(likelihood, df=df, poisson_offset=poisson_offset, poisson_scale=poisson_scale)
+    if lik.has_sigma and sigma is None:
         raise bad_input("sigma", "a fixed noise level (number, array or 'metadata') to substitute", sigma)
-    if likelihood == "poisson" and (poisson_offset is None or poisson_scale is None):
-        raise bad_input("poisson_offset/poisson_scale", "both given for likelihood='poisson'", (poisson_offset, poisson_scale))
-    kwargs = dict(
-        likelihood=likelihood, sigma=None if likelihood == "poisson" else sigma, df=df,
-        poisson_offset=poisson_offset, poisson_scale=poisson_scale, validate=False,
-    )
+    kwargs = dict(likelihood=lik, sigma=sigma if lik.has_sigma else None, validate=False)
     logp, _ = log_density(observation_model, (cores, design, padded), kwargs, {})
     return logp
 
@@ -354,9 +328,9 @@ def likelihood_grad(
     design: Float[Array, "M P D"],
     padded: Any,
     *,
-    likelihood: str = "gaussian",
+    likelihood: Likelihood | str = "gaussian",
     sigma: float | ArrayLike | str,
-    df: float = 4.0,
+    df: float | None = None,
     poisson_offset: float | None = None,
     poisson_scale: float | None = None,
 ) -> Float[Array, "M *R"]:
@@ -374,9 +348,9 @@ def likelihood_grad(
 
 
 def fisher_diag_scale(
-    likelihood: str,
+    likelihood: Likelihood | str,
     sigma: float | ArrayLike | None = None,
-    df: float = 4.0,
+    df: float | None = None,
     *,
     mean: ArrayLike | None = None,
     poisson_offset: float | None = None,
@@ -384,7 +358,8 @@ def fisher_diag_scale(
 ) -> Array:
     """Fisher information of one observation about its mean `u` (for preconditioning guidance).
 
-    Exact values (per point; `sigma` is the parameter of `observation_model`):
+    Validates its arguments and calls `Likelihood.fisher`. Exact values (per point; `sigma` is
+    the parameter of `observation_model`):
 
     - `"gaussian"`: `1/σ²`;
     - `"laplace"`: `1/b² = 2/σ²` (`b = σ/√2`);
@@ -394,30 +369,15 @@ def fisher_diag_scale(
 
     **Returns:** the Fisher information, broadcast over `sigma` (or `mean` for Poisson).
     """
-    if likelihood not in LIKELIHOODS:
-        raise bad_input("likelihood", f"one of {LIKELIHOODS}", likelihood)
-    if likelihood == "poisson":
-        if mean is None:
-            raise bad_input("mean", "the predicted mean u (the Poisson Fisher information depends on it)", mean)
-        if not _scalar_ok(poisson_offset, positive=False):
-            raise bad_input("poisson_offset", "a finite number", poisson_offset)
-        if not _scalar_ok(poisson_scale):
-            raise bad_input("poisson_scale", "a positive finite number", poisson_scale)
-        lam = jnp.maximum((jnp.asarray(mean) - poisson_offset) / poisson_scale, POISSON_RATE_FLOOR)
-        return 1.0 / (poisson_scale * poisson_scale * lam)
+    lik = resolve_likelihood(likelihood, df, poisson_offset, poisson_scale)
+    if not lik.has_sigma:
+        return lik.fisher(mean=mean)
     if sigma is None or isinstance(sigma, str):
         raise bad_input("sigma", "a positive noise level (number or array)", sigma)
     s = jnp.asarray(sigma)
     if not _is_traced(s) and not bool(jnp.all(jnp.isfinite(s) & (s > 0))):
         raise bad_input("sigma", "positive finite noise levels", sigma)
-    if likelihood == "student_t" and not _scalar_ok(df):
-        raise bad_input("df", "a positive finite number", df)
-    inv_var = 1.0 / (s * s)
-    if likelihood == "gaussian":
-        return inv_var
-    if likelihood == "laplace":
-        return 2.0 * inv_var
-    return (df + 1.0) / (df + 3.0) * inv_var
+    return lik.fisher(sigma)
 
 
 def normalise_padded(padded: Any, mean: float, std: float) -> Any:
