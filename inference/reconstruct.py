@@ -559,11 +559,13 @@ def reconstruct(
     core_draws = np.asarray(core_draws, dtype=np.float32).reshape(chains, draws, M, *run.core_shape)
     if sigma_norm_draws is not None:
         sigma_norm_draws = np.asarray(sigma_norm_draws).reshape(chains, draws)
+    # σ as reported: the noise alone when the representation error was added apart, else as sampled
+    sigma_noise_draws = sigma_norm_draws if noise_draws is None else noise_draws.reshape(chains, draws)
     field_norm = decode_grid(ftm.model, jnp.asarray(core_draws[:, :, out_idx]), out_grids)
     field_draws = np.asarray(normalizer.inverse(np.asarray(field_norm)), dtype=np.float32)
     # issue 16: what the run did, and its output's own checks (raise or warn, before the predictive)
     facts = _run_facts(run, obs, sigma=sigma, likelihood=lik, conditioned=conditioned, infer_sigma=infer_sigma,
-                       sigma_y=sigma_y, sigma_norm_draws=sigma_norm_draws if noise_draws is None else noise_draws,
+                       sigma_y=sigma_y, sigma_norm_draws=sigma_noise_draws,
                        padded=padded, out_times=out_times, grid_times=grid_times)
     if sigma_before:
         facts["noise"].update(settings["sigma_inference"], representation_error_added=rep_error * normalizer.std)
@@ -614,9 +616,7 @@ def reconstruct(
     idata = report.to_inference_data(
         core_draws=core_draws, field_draws=field_draws, field_times=out_times, field_coords=field_coords,
         space_dims=run.space_dims, obs=obs, y_rep=y_rep, log_lik=log_lik,
-        sigma_draws=(None if sigma_norm_draws is None  # σ of the noise alone; the predictive adds r
-                     else (sigma_norm_draws if noise_draws is None
-                           else noise_draws.reshape(chains, draws)) * normalizer.std),
+        sigma_draws=None if sigma_noise_draws is None else sigma_noise_draws * normalizer.std,
         sample_stats=sample_stats, attrs=attrs, core_times=grid_times,
     )
     return idata
