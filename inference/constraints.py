@@ -137,6 +137,13 @@ class Constraint(eqx.Module):
         return self
 
     @property
+    def one_sided(self) -> bool:
+        """True for inequality constraints (residual zero on a whole region, e.g. `Bounds`,
+        `Monotone`): the moment-matching rule applies them by a local Gauss-Newton step instead
+        of through the Tweedie covariance (`inference.guided`)."""
+        return False
+
+    @property
     def precision(self) -> float:
         return float(self.weight) / float(self.scale) ** 2  # type: ignore[attr-defined]
 
@@ -254,6 +261,10 @@ class Bounds(Constraint):
             if bad:
                 raise bad_input("lo/hi", "lo <= hi", "lo > hi somewhere")
 
+    @property
+    def one_sided(self) -> bool:
+        return True
+
     def residual(self, frames: Array, times: Array, coords: tuple[Array, ...]) -> Array:
         r = jnp.zeros_like(frames)
         if self.lo is not None:
@@ -299,6 +310,10 @@ class Monotone(Constraint):
         if not isinstance(self.increasing, bool):
             raise bad_input("increasing", "a bool", self.increasing)
         _check_common(self)
+
+    @property
+    def one_sided(self) -> bool:
+        return True
 
     def residual(self, frames: Array, times: Array, coords: tuple[Array, ...]) -> Array:
         c = self if self.direction is not None else self._oriented(frames.ndim - 1, coords)
