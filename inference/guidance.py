@@ -57,7 +57,7 @@ class MomentMatching(GuidanceRule):
     """MMPS: Gaussian update with the Tweedie covariance, solved by `cg_steps` CG iterations
     (each one JVP of the denoiser), preconditioned unless `precondition=False`
     (`inference.preconditioners`): over all points up to
-    `inference.guided.MAX_PRECONDITIONED_POINTS` padded points, else per frame up to
+    `inference.guided.problem.MAX_PRECONDITIONED_POINTS` padded points, else per frame up to
     `MAX_PRECONDITIONED_FRAME` per frame, with up to `anchors` profiles of the Tweedie covariance
     along the prior's principal axes (when the prior's spectrum is given). The default, 1, is the
     isotropic preconditioner: `anchors=4` halves the posterior-mean error on the closed-form

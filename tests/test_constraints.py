@@ -87,7 +87,7 @@ def test_zero_weight_or_no_constraint_changes_nothing_bitwise(prior, rep, decode
 
 
 def test_fisher_rule_takes_the_exact_gauss_newton_step_along_the_gradient(prior, rep, decoder):
-    from inference.guided import _constraint_gauss_newton
+    from inference.guided.estimates import _constraint_gauss_newton
 
     cfg = GuidedConfig(sigma_y=0.1, num_steps=4, guidance="fisher")
     prob = prepare(rep.design, rep.padded, core_mean=M_OFFSET, core_std=S, times_norm=prior.times,

@@ -6,12 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inference import guided
 from inference.guided import GuidedConfig, init, mpdps_gradient, prepare, sample_posterior, step, union_times
+from inference.guided.estimates import _guidance_terms
+from inference.guided.sampling import _sample_chunk
 from models.observation import likelihood_grad
 from sdift_prob.data.observations import PaddedObservations
 from sdift_prob.errors import InputError, NumericalError
 from sdift_prob.gp import TemporalKernel, loo_weights
+from sdift_prob.gpsd.edm import karras_sigmas
 
 SD2 = 0.25  # σ_data² of EDMConfig: the prior variance of every normalised core entry
 jit_step = eqx.filter_jit(step)  # compiled: far faster than op-by-op on these tiny problems
@@ -210,7 +212,7 @@ def test_messages_equal_an_explicit_loop():
     # the sampler's internal guidance (per-point scores from the same NumPyro model) agrees
     cfg = GuidedConfig(method="mpdps", lam=0.4, sigma_y=sy, message_kernel=TemporalKernel("rbf", 0.3))
     prob = prepare(A, padded, core_mean=m, core_std=1.0, times_norm=t, noise_chol=np.eye(M), config=cfg)
-    g, w, _ = eqx.filter_jit(guided._guidance_terms)(jnp.asarray(W, jnp.float32), jnp.asarray(sy), prob, cfg)
+    g, w, _ = eqx.filter_jit(_guidance_terms)(jnp.asarray(W, jnp.float32), jnp.asarray(sy), prob, cfg)
     np.testing.assert_allclose(np.asarray(g), expected, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(np.asarray(w), np.where(mask, 1 / sy**2, 0.0), rtol=1e-5)
     # DPS: frames without observations get nothing
@@ -243,7 +245,7 @@ def test_poisson_messages_use_the_gaussian_approximation_at_the_observed_count()
     assert np.all(u_gp > o) and np.all(u_own > o)  # no rate at its floor (seed chosen for it)
     y = o + s * k
     cfg, prob = problem(o)
-    g, w_own, _ = eqx.filter_jit(guided._guidance_terms)(jnp.asarray(W, jnp.float32), jnp.asarray(1.0), prob, cfg)
+    g, w_own, _ = eqx.filter_jit(_guidance_terms)(jnp.asarray(W, jnp.float32), jnp.asarray(1.0), prob, cfg)
 
     def exact(u):  # d/du log Poisson(k | (u - o)/s) and its IRLS weight score / (y - u)
         lam_ = (u - o) / s
@@ -295,10 +297,10 @@ def test_same_key_same_draws_and_chunking_does_not_change_them(small):
     run = lambda key, **o: sample_posterior(key, white_denoiser, A, padded, config=cfg, num_draws=5, **kw, **o)[0]
     a = run(jax.random.key(3))
     b = run(jax.random.key(3))
-    before = eqx.debug.get_num_traces(guided._sample_chunk)
+    before = eqx.debug.get_num_traces(_sample_chunk)
     c = run(jax.random.key(3), chunk_size=2)
     d = run(jax.random.key(3), chunk_size=2)
-    assert eqx.debug.get_num_traces(guided._sample_chunk) == before + 1  # one new shape, compiled once
+    assert eqx.debug.get_num_traces(_sample_chunk) == before + 1  # one new shape, compiled once
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(c, d)
     # another chunk size is another vmapped batch: XLA may order its arithmetic differently
@@ -311,7 +313,7 @@ def test_same_key_same_draws_and_chunking_does_not_change_them(small):
 def test_nonfinite_values_raise_naming_the_step(small):
     A, padded, kw = small
     cfg = GuidedConfig(method="dps", num_steps=5, sigma_y=0.2)
-    sigmas = np.asarray(guided.karras_sigmas(5, cfg.edm))
+    sigmas = np.asarray(karras_sigmas(5, cfg.edm))
 
     def broken(x, sigma, t):
         return jnp.where(sigma < 0.5 * (sigmas[1] + sigmas[2]), jnp.nan, white_denoiser(x, sigma, t))

@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import inference.guided as guided
+import inference.guided.problem as guided_problem
 from inference.guidance import MomentMatching, isotropic_tweedie_variance, moment_matching_update
-from inference.guided import GuidedConfig, _anchor, prepare
+from inference.guided import GuidedConfig, prepare
+from inference.guided.estimates import _anchor
 from inference.preconditioners import AnchoredPreconditioner, PriorSpectrum, anchor_profiles, select_anchor
 from sdift_prob.data.observations import PaddedObservations
 from sdift_prob.errors import InputError
@@ -27,13 +28,10 @@ def _problem(layout_points: int, anchors: int = 4, spectrum: bool = True):
     pad = PaddedObservations(times=t, values=rng.normal(size=(M, P)), coords=np.zeros((M, P, 1)),
                              noise_scale=np.ones((M, P)), mask=mask)
     cfg = GuidedConfig(method="dps", guidance=MomentMatching(cg_steps=1, anchors=anchors), sigma_y=0.3)
-    old = guided.MAX_PRECONDITIONED_POINTS
-    guided.MAX_PRECONDITIONED_POINTS = layout_points
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # `prepare` reads the limit from its own module
+        mp.setattr(guided_problem, "MAX_PRECONDITIONED_POINTS", layout_points)
         prob = prepare(design, pad, core_mean=0.0, core_std=1.0, times_norm=t, noise_chol=L, config=cfg,
                        prior_spectrum=PriorSpectrum.from_covariance(q @ np.diag(lam) @ q.T) if spectrum else None)
-    finally:
-        guided.MAX_PRECONDITIONED_POINTS = old
     return prob, cfg, q, lam, cov_t
 
 
