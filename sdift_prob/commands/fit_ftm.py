@@ -54,7 +54,8 @@ def register(subparsers: Any) -> None:
                    help="--ranks auto: training trajectories the sweep reads (half build bases, half check them)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
     p.add_argument("--train", default="all-train", metavar="IDS",
-                   help="trajectories to fit: 'all-train' (split == train), 'all', or comma-separated "
+                   help="trajectories to fit: 'all-train' (split == train), 'all-train:N' (the first N of them, "
+                        "e.g. to fit the basis on a subset and `sdift encode` the rest), 'all', or comma-separated "
                         "values of the trajectory coordinate, e.g. 0,1,2")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, default=None, help=f"passes over the trajectories (default {defaults.epochs})")
@@ -84,8 +85,29 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _first_train(spec: str) -> int | None:
+    """N of an 'all-train:N' value (None for any other value)."""
+    if not spec.startswith("all-train:"):
+        return None
+    try:
+        n = int(spec.split(":", 1)[1])
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise bad_input("--train", "'all-train:N' with an integer N >= 1", spec)
+    return n
+
+
 def select_trajectories(ds: xr.Dataset, spec: str) -> xr.Dataset:
-    """The trajectories named by a `--train` value ('all-train', 'all' or comma-separated ids)."""
+    """The trajectories named by a `--train` value ('all-train', 'all-train:N', 'all' or
+    comma-separated ids)."""
+    first = _first_train(spec)
+    if first is not None:
+        chosen = select_trajectories(ds, "all-train")
+        if chosen.sizes["trajectory"] < first:
+            raise bad_input("--train", f"at most the collection's {chosen.sizes['trajectory']} training trajectories",
+                            spec)
+        return chosen.isel(trajectory=slice(0, first))
     if spec == "all-train":
         if "split" not in ds.coords:
             raise bad_input("--train", "'all' or explicit ids for a collection without a train/test split", spec)
