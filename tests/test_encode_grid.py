@@ -84,7 +84,7 @@ def test_grid_encoder_names_bad_arguments(model3):
 # ---- the `sdift encode` command ------------------------------------------------------------------
 
 
-def _known_run(tmp_path, n_traj: int = 7, fitted=(0, 1, 2)):
+def _known_run(tmp_path, n_traj: int = 7, fitted=(0, 1, 2), fitted_scale: float = 1.0):
     """A run whose basis is a known network, and a collection whose fields are exact decodes of
     known cores, so every encoded core is known."""
     m = FunctionalTucker((3, 2), domain_lo=(0.0, -1.0), domain_hi=(2.0, 1.0), space_dims=("x", "y"), width=16,
@@ -99,7 +99,7 @@ def _known_run(tmp_path, n_traj: int = 7, fitted=(0, 1, 2)):
     ds = assign_split(ds, n_test=2, key=jax.random.key(0))
     data = save_fields(ds, tmp_path / "data.nc")
     idx = list(fitted)
-    fit = FTMFit(model=m, cores=cores[idx], times=times, normalizer=NORM, time_domain=(0.0, 1.0),
+    fit = FTMFit(model=m, cores=cores[idx] * fitted_scale, times=times, normalizer=NORM, time_domain=(0.0, 1.0),
                  trajectory_ids=np.asarray(ds["trajectory"].values)[idx], config=FTMConfig(ranks=(3, 2), width=16),
                  grids=grids)
     run = save_run(tmp_path / "run", fit)
@@ -117,7 +117,8 @@ def test_encode_command_appends_known_cores_with_provenance(tmp_path, capsys):
     run, data, ds, cores = _known_run(tmp_path)
     before = load_run(run)
     assert core_provenance(run) == [{"method": "fit", "n": 3, "ids": [0, 1, 2]}]
-    assert _command([str(run), "--data", str(data), "--ids", "all", "--skip-existing", "--chunk", "3"]) == 0
+    assert _command([str(run), "--data", str(data), "--ids", "all", "--skip-existing", "--chunk", "3",
+                     "--ridge", "0"]) == 0
     after = load_run(run)
     np.testing.assert_array_equal(after.trajectory_ids, np.arange(7))
     np.testing.assert_array_equal(np.asarray(after.cores[:3]), np.asarray(before.cores))  # fitted cores untouched
@@ -167,3 +168,18 @@ def test_encode_command_never_overwrites_and_names_arguments(tmp_path, monkeypat
     add_artifact(run, "prior", {"prior.eqx": lambda p: p.write_bytes(b"x")}, {})
     with pytest.raises(InputError, match="^RUN_DIR:.*train-prior"):
         _command([str(run), "--data", str(data), "--ids", "3"])
+
+
+def test_encode_command_warns_about_two_kinds_of_core_and_replaces_on_request(tmp_path, capsys):
+    # fitted cores 10x the encoded ones' spread: the gauge mismatch a near-singular basis gives
+    run, data, ds, cores = _known_run(tmp_path, fitted_scale=10.0)
+    assert _command([str(run), "--data", str(data), "--ids", "3,4", "--ridge", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: the encoded cores' std" in err and "--replace-fitted" in err
+    assert "warning" in core_provenance(run)[1]
+    assert _command([str(run), "--data", str(data), "--ids", "all", "--replace-fitted", "--ridge", "0"]) == 0
+    after = load_run(run)
+    np.testing.assert_array_equal(after.trajectory_ids, [0, 1, 2, 3, 4, 5, 6])
+    np.testing.assert_allclose(np.asarray(after.cores), cores, atol=1e-5)  # every core from the encoder now
+    prov = core_provenance(run)
+    assert prov[2]["replaced"] == [0, 1, 2, 3, 4] and prov[2]["ids"] == list(range(7))

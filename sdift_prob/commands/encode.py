@@ -9,6 +9,7 @@ frame on the full grid, `sdift_prob.ftm.encode.encode_grid`), then `sdift train-
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from ..streaming import open_fields_lazy
 from . import HelpFormatter, report, reserved
 
 ARGUMENT_NAMES = {"run_dir": "RUN_DIR", "path": "--data", "fields": "--data", "chunk": "--chunk"}
+DEFAULT_RIDGE = 1e-3
+# encoded cores whose spread differs from the fitted ones' by more than this factor are warned about
+SCALE_WARNING = 2.0
 HELP = "encode more trajectories through a run's fitted FTM basis (least squares) and add their cores"
 
 
@@ -52,11 +56,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ids", default="all-train", metavar="IDS",
                    help="trajectories to encode: 'all-train' (split == train), 'all', or comma-separated ids "
                         "and inclusive ranges of the trajectory coordinate, e.g. 100-999 or 3,5,10-20")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="leave out the trajectories the run already has (e.g. the ones fit-ftm fitted); "
-                        "without it such an id is an error")
-    p.add_argument("--ridge", type=float, default=0.0,
-                   help="ridge weight of the least squares (0: plain least squares / pseudo-inverse)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave out the trajectories the run already has (e.g. the ones fit-ftm fitted); "
+                               "without it (or --replace-fitted) such an id is an error")
+    existing.add_argument("--replace-fitted", action="store_true",
+                          help="re-encode the trajectories the run already has too and replace their cores, so "
+                               "that every core the prior sees comes from the same encoder (recorded)")
+    p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE,
+                   help="ridge weight of the least squares (as `encode`'s; 0: plain least squares, whose cores "
+                        "blow up along directions a near-singular basis barely sees)")
     p.add_argument("--chunk", type=int, default=32, help="trajectories read and encoded at a time (memory)")
     p.set_defaults(func=run)
 
@@ -111,12 +120,14 @@ def check_compatible(fit: FTMFit, ds: xr.Dataset, flag: str = "--data") -> tuple
     return tuple(np.asarray(ds[d].values, dtype=np.float64) for d in dims)
 
 
-def _drop_existing(ids: np.ndarray, pos: np.ndarray, fit: FTMFit, skip: bool) -> np.ndarray:
+def _drop_existing(ids: np.ndarray, pos: np.ndarray, fit: FTMFit, skip: bool, replace: bool = False) -> np.ndarray:
     have = {v.item() if hasattr(v, "item") else v for v in np.asarray(fit.trajectory_ids)}
     clash = [i for i, v in zip(pos, ids[pos]) if v.item() in have]
+    if replace:
+        return np.asarray(pos, dtype=np.int64)
     if clash and not skip:
         shown = ", ".join(str(ids[i]) for i in clash[:10]) + (" ..." if len(clash) > 10 else "")
-        raise bad_input("--ids", "trajectories the run does not have yet (or pass --skip-existing)",
+        raise bad_input("--ids", "trajectories the run does not have yet (or pass --skip-existing / --replace-fitted)",
                         f"{len(clash)} already in the run: {shown}")
     return np.asarray([i for i in pos if i not in set(clash)], dtype=np.int64)
 
@@ -138,6 +149,34 @@ def encode_collection(fit: FTMFit, ds: xr.Dataset, pos: np.ndarray, grids: tuple
     return np.concatenate(cores), np.concatenate(errors)
 
 
+def gauge_check(fit: FTMFit, cores: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
+    """The spread of the encoded cores beside the fitted ones' and the basis's conditioning, with
+    a warning when they differ: along directions the basis barely sees, fitted cores keep whatever
+    the fit left there and encoded ones the ridge's zero, so a prior trained on both mixes two
+    kinds of core."""
+    from ..ftm import basis_matrices
+
+    bases = [np.asarray(b, np.float64) for b in basis_matrices(fit.model, fit.grids)]
+    conditioning = []
+    for b in bases:
+        lam = np.linalg.eigvalsh(b.T @ b)
+        conditioning.append(float(max(lam.min(), 0.0) / lam.max()))
+    kept = ~np.isin(np.asarray(fit.trajectory_ids), ids)
+    fitted_std = float(np.asarray(fit.cores)[kept].std()) if kept.any() else None
+    encoded_std = float(np.std(cores))
+    out: dict[str, Any] = {"core_std_encoded": round(encoded_std, 6),
+                           "core_std_fitted": None if fitted_std is None else round(fitted_std, 6),
+                           "basis_eigenvalue_ratio_min": [float(f"{c:.3g}") for c in conditioning]}
+    if fitted_std is not None and not 1 / SCALE_WARNING <= encoded_std / max(fitted_std, 1e-300) <= SCALE_WARNING:
+        out["warning"] = (
+            f"WARNING: the encoded cores' std {encoded_std:.3g} differs from the fitted cores' {fitted_std:.3g} by more "
+            f"than {SCALE_WARNING:g}x (smallest eigenvalue ratio of the basis per dim: "
+            f"{', '.join(f'{c:.1e}' for c in conditioning)}): where the basis is nearly singular the fitted cores carry "
+            "directions that decode to almost nothing. A prior trained on both kinds learns a mixture; pass "
+            "--replace-fitted (re-encode the fitted trajectories too) so every core comes from this encoder.")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Encode the chosen trajectories and add their cores to the run; returns 0 on success."""
     if args.chunk < 1:
@@ -157,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             grids = check_compatible(fit, ds)
             ids = np.asarray(ds["trajectory"].values)
             split = np.asarray(ds.coords["split"].values) if "split" in ds.coords else None
-            pos = _drop_existing(ids, parse_ids(args.ids, ids, split), fit, args.skip_existing)
+            pos = _drop_existing(ids, parse_ids(args.ids, ids, split), fit, args.skip_existing, args.replace_fitted)
             if pos.size == 0:
                 report(args, {"run_dir": str(root), "encoded": 0},
                        f"nothing to encode: the run already has every trajectory of --ids {args.ids}")
@@ -172,12 +211,17 @@ def run(args: argparse.Namespace) -> int:
             "description": "least-squares cores on the full grid through the fixed coordinate networks",
             "vrmse_mean": round(float(errors.mean()), 6), "vrmse_max": round(float(errors.max()), 6),
             "wall_time_s": round(seconds, 2),
+            **gauge_check(fit, cores, ids[pos]),
         }
-        append_cores(root, cores, ids[pos], provenance)
+        append_cores(root, cores, ids[pos], provenance, replace=args.replace_fitted)
     fitted = section_info(root, FTM_SECTION, verify=False).get("extra", {}).get("fit", {}).get("full_vrmse")
     summary = {"run_dir": str(root), "encoded": int(pos.size), "n_trajectories": int(fit.cores.shape[0] + pos.size),
                "vrmse_mean": float(errors.mean()), "vrmse_max": float(errors.max()),
                "fitted_full_vrmse": fitted, "wall_time_s": round(seconds, 2)}
+    summary["core_std_encoded"], summary["core_std_fitted"] = provenance["core_std_encoded"], provenance["core_std_fitted"]
+    if provenance.get("warning"):
+        summary["warning"] = provenance["warning"]
+        print(provenance["warning"], file=sys.stderr)
     beside = "" if fitted is None else f" (the fitted trajectories: {fitted:.4g})"
     report(args, summary,
            f"encoded {pos.size} trajectories into {root} in {seconds:.1f} s: {summary['n_trajectories']} core "

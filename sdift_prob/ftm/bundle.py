@@ -6,9 +6,10 @@ section holds the config, ranks, space dims, domain, normaliser and time domain,
 `load_run` rebuilds the network skeleton (`eqx.filter_eval_shape`) before reading the leaves.
 
 How the cores were made is recorded in the section info's `"cores_provenance"`: a list of
-entries `{"method": "fit" | "encode_grid", "ids": [...], ...}` in the order of the cores, one
-for the trajectories `fit_ftm` fitted and one per `append_cores` (`sdift encode`) batch that
-encoded further trajectories through the fixed basis (`core_provenance`).
+entries `{"method": "fit" | "encode_grid", "ids": [...], ...}`, one for the trajectories
+`fit_ftm` fitted and one per `append_cores` (`sdift encode`) batch that encoded trajectories
+through the fixed basis, in the order they were written; a later entry's `"replaced"` ids
+had their earlier cores replaced by it (`core_provenance`).
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def core_provenance(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return entries
 
 
-def _check_new_cores(fit: FTMFit, cores: object, ids: object) -> tuple[np.ndarray, np.ndarray]:
+def _check_new_cores(fit: FTMFit, cores: object, ids: object, replace: bool) -> tuple[np.ndarray, np.ndarray]:
     c = np.asarray(cores, dtype=np.float32)
     expected = (int(fit.cores.shape[1]), *fit.model.ranks)
     if c.ndim != len(expected) + 1 or c.shape[1:] != expected or c.shape[0] < 1:
@@ -229,7 +230,7 @@ def _check_new_cores(fit: FTMFit, cores: object, ids: object) -> tuple[np.ndarra
     if np.unique(new).size != new.size:
         raise bad_input("ids", "distinct trajectory ids", "duplicates")
     clash = sorted(set(_ids_list(new)) & set(_ids_list(old)))
-    if clash:
+    if clash and not replace:
         shown = ", ".join(map(str, clash[:10])) + (" ..." if len(clash) > 10 else "")
         raise bad_input("ids", "trajectories the run does not have yet (its cores are never replaced; skip the "
                         "ones it has, e.g. `sdift encode --skip-existing`)", f"{len(clash)} already in the run: {shown}")
@@ -237,12 +238,13 @@ def _check_new_cores(fit: FTMFit, cores: object, ids: object) -> tuple[np.ndarra
 
 
 def append_cores(run_dir: str | os.PathLike, cores: Float[ArrayLike, "n T *ranks"], ids: ArrayLike,
-                 provenance: dict[str, Any]) -> Path:
+                 provenance: dict[str, Any], *, replace: bool = False) -> Path:
     """Add the cores of further trajectories (e.g. `encode_grid` through the run's fixed basis) to a
     run directory's `cores.npz`, recording how they were made.
 
     The whole run is rebuilt beside the old one and renamed into place, so an interrupted append
-    changes nothing. Cores already in the run are never replaced: an id the run has is an error.
+    changes nothing. Cores already in the run are replaced only with `replace=True` (their ids
+    are recorded under `"replaced"`); otherwise an id the run has is an error.
     A run that already has a trained prior is refused (the prior would no longer match its cores;
     encode before `sdift train-prior`).
 
@@ -251,6 +253,8 @@ def append_cores(run_dir: str | os.PathLike, cores: Float[ArrayLike, "n T *ranks
     - `run_dir`: a run directory with a fitted FTM.
     - `cores`: `(n, T, R_1, ..., R_K)` in normalised field units, on the run's time stamps.
     - `ids`: `(n,)` distinct trajectory ids, none of them in the run yet.
+    - `replace`: replace the cores of ids the run already has (e.g. re-encode the fitted
+      trajectories so that every core comes from one encoder).
     - `provenance`: JSON-serialisable record of how they were made (`"method"`, data file, ...);
       the ids are added to it, and it is appended to the section info's `"cores_provenance"`.
 
@@ -265,12 +269,22 @@ def append_cores(run_dir: str | os.PathLike, cores: Float[ArrayLike, "n T *ranks
         raise bad_input("run_dir", "a run with only a fitted FTM (cores are added before the prior is trained; a "
                         "prior trained on the old cores would no longer match)", f"{root} has sections {others}")
     fit = load_run(root)
-    new_cores, new_ids = _check_new_cores(fit, cores, ids)
+    if not isinstance(replace, bool):
+        raise bad_input("replace", "True or False", replace)
+    new_cores, new_ids = _check_new_cores(fit, cores, ids, replace)
     info = section_info(root, FTM_SECTION, verify=False)
     history = core_provenance(root)
-    all_cores = np.concatenate([np.asarray(fit.cores, np.float32), new_cores])
-    all_ids = np.concatenate([np.asarray(fit.trajectory_ids), new_ids])
-    entry = {**provenance, "n": int(new_ids.size), "ids": _ids_list(new_ids)}
+    old_ids = _ids_list(np.asarray(fit.trajectory_ids))
+    where = {v: i for i, v in enumerate(old_ids)}
+    all_cores = np.asarray(fit.cores, np.float32).copy()
+    replaced = [i for i, v in enumerate(_ids_list(new_ids)) if v in where]
+    for i in replaced:
+        all_cores[where[_ids_list(new_ids)[i]]] = new_cores[i]
+    added = np.asarray([i for i in range(new_ids.size) if i not in set(replaced)], dtype=np.int64)
+    all_cores = np.concatenate([all_cores, new_cores[added]])
+    all_ids = np.concatenate([np.asarray(fit.trajectory_ids), new_ids[added]])
+    entry = {**provenance, "n": int(new_ids.size), "ids": _ids_list(new_ids),
+             "replaced": [_ids_list(new_ids)[i] for i in replaced]}
     new_info = {**info, "n_trajectories": int(all_cores.shape[0]), "cores_shape": list(all_cores.shape),
                 PROVENANCE_KEY: [*history, entry]}
 
