@@ -16,6 +16,7 @@ COMMANDS = (
     "simulate",
     "observe",
     "fit_ftm",
+    "encode",
     "train_prior",
     "sample",
     "reconstruct",

@@ -46,7 +46,7 @@ def test_every_sub_command_has_a_useful_help():
         "    print(f'=== {name}'); print(out.getvalue())\n"
     )
     names = [c.replace("_", "-") for c in COMMANDS]
-    assert names == ["simulate", "observe", "fit-ftm", "train-prior", "sample", "reconstruct", "evaluate", "seal",
+    assert names == ["simulate", "observe", "fit-ftm", "encode", "train-prior", "sample", "reconstruct", "evaluate", "seal",
                      "demo"]
     result = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=240)

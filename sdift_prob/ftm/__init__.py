@@ -2,13 +2,17 @@
 
 `coordnet` (SIREN coordinate networks), `tucker` (the model and decoding), `fit` (fitting
 on a field collection; settings in `config`, compiled steps in `steps`), `encode` (MAP cores
-of a new trajectory), `bundle` (run directories).
+of a new trajectory; `encode_grid`: many full-grid trajectories through the fixed basis),
+`ranks` (choosing ranks for a target error), `bundle` (run directories).
 """
 
+from .bundle import append_cores as append_cores
+from .bundle import core_provenance as core_provenance
 from .bundle import load_run as load_run
 from .bundle import save_run as save_run
 from .coordnet import CoordinateNet as CoordinateNet
 from .encode import encode as encode
+from .encode import encode_grid as encode_grid
 from .fit import FTMConfig as FTMConfig
 from .fit import FTMFit as FTMFit
 from .fit import fit_ftm as fit_ftm
