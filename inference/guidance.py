@@ -39,7 +39,7 @@ from jaxtyping import Array, Float
 
 from sdift_prob.errors import bad_input
 
-__all__ = ["GuidanceRule", "MomentMatching", "Fisher", "Reference", "as_guidance_rule", "moment_matching_update", "moment_matching_solve", "ExtraGroup", "isotropic_tweedie_variance", "safe_ratio"]
+__all__ = ["GuidanceRule", "MomentMatching", "Fisher", "Reference", "as_guidance_rule", "moment_matching_update", "ExtraGroup", "isotropic_tweedie_variance", "safe_ratio"]
 
 
 class GuidanceRule(eqx.Module):
@@ -197,23 +197,6 @@ class ExtraGroup(NamedTuple):
 
 
 def moment_matching_update(
-    jvp: Callable[[Array], Array],
-    sigma: Float[Array, ""],
-    noise_cov: Float[Array, "M M"],
-    design: Float[Array, "K M P D"],
-    mixing: Float[Array, "K M M"],
-    residual: Float[Array, "K M P"],
-    weight: Float[Array, "K M P"],
-    cg_steps: int,
-    precond: Callable[[Array], Array] | None = None,
-    extra: ExtraGroup | None = None,
-) -> Float[Array, "M D"]:
-    """The moment-matched correction `x̂0' − x̂0 = V Bᵀ (W⁻¹ + B V Bᵀ)⁻¹ r̃` (CG from zero);
-    `moment_matching_solve` has the arguments and also returns the solution."""
-    return moment_matching_solve(jvp, sigma, noise_cov, design, mixing, residual, weight, cg_steps, precond, extra)[0]
-
-
-def moment_matching_solve(
     jvp: Callable[[Array], Array],
     sigma: Float[Array, ""],
     noise_cov: Float[Array, "M M"],

@@ -62,7 +62,7 @@ def test_one_cg_step_is_exact_at_each_anchor(layout_points):
         residual = np.asarray(prob.padded.values)
         design = np.asarray(prob.design)
         precond = AnchoredPreconditioner(prob.obs_eig_vals, prob.obs_eig_vecs)
-        got = moment_matching_update(
+        got, _ = moment_matching_update(
             jvp, jnp.asarray(s, jnp.float32), jnp.asarray(cov_t, jnp.float32), jnp.asarray(design[None]),
             jnp.eye(M)[None], jnp.asarray(residual[None]), jnp.full((1, M, P), w), 1,
             lambda r, a=a, beta=beta: precond(r, a, beta / 0.3**2),

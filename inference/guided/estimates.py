@@ -63,7 +63,7 @@ from ..guidance import (
     ExtraGroup,
     MomentMatching,
     isotropic_tweedie_variance,
-    moment_matching_solve,
+    moment_matching_update,
     safe_ratio,
 )
 from ..noise import update_sigma, update_sigma_tweedie
@@ -291,7 +291,7 @@ def _mmps_estimate(
 ) -> tuple[Array, Array, Array]:
     """Moment-matched clean estimate (flat `(M, D)`) at noise level σ, the correction added and
     the whitened solution of the frames' own points `(M, P)` (`inference.guidance.
-    moment_matching_solve`, started from `guess` when given). The data enter as the frames' own
+    moment_matching_update`, started from `guess` when given). The data enter as the frames' own
     points and, for MPDPS (λ > 0), as the same points predicted by leave-one-out GP regression
     from the other frames with precision λ w (the messages' pseudo-likelihood, linear in the cores)."""
     M, D = x.shape
@@ -334,7 +334,7 @@ def _mmps_estimate(
     # under the isotropic covariance, as the Fisher rule does.
     joint = tuple(c for c in problem.constraints if not c.one_sided)
     local = tuple(c for c in problem.constraints if c.one_sided)
-    delta, v = moment_matching_solve(
+    delta, v = moment_matching_update(
         jvp, sigma, cov_t, design, jnp.stack([g[0] for g in groups]), jnp.stack(residuals), jnp.stack(weights),
         config.guidance.cg_steps, precond, _constraint_group(x0, problem, joint) if joint else None, guess,
     )
