@@ -60,7 +60,8 @@ def register(subparsers: Any) -> None:
                         "gp: exact posterior under the FTM + GP temporal prior (no trained prior needed)")
     p.add_argument("--cg-steps", type=int, default=None,
                    help="mmps: conjugate-gradient iterations per guided estimate (default "
-                        f"{_default_cg_steps()}; each costs about one denoiser evaluation)")
+                        f"{_default_cg_steps()}, each solve started from the previous one's solution; each "
+                        "iteration costs about one denoiser evaluation)")
     p.add_argument("--draws", type=int, default=_default_draws(),
                    help="posterior draws per chain (default %(default)s: the 90%% quantile interval of a "
                         "calibrated posterior's draws then covers about 85%%, against 72%% at 8 draws; cost is "
