@@ -40,12 +40,24 @@ def accuracy_tables(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _label(m: str) -> str:
+    return LABELS.get(m, f"`{m}`")  # a sampler variant (benchmarks.variants) by its name
+
+
+def _present(columns: list[dict[str, Any]], among: tuple[str, ...] | None = None) -> list[str]:
+    """The methods of `among` (default: all) present in any column: the named ones in `ORDER`,
+    then sampler variants in the order they appear."""
+    seen = [m for c in columns for m in c["methods"]]
+    named = [m for m in ORDER if m in seen]
+    variants = list(dict.fromkeys(m for m in seen if m not in ORDER))
+    return [m for m in named + variants if among is None or m in among or m not in ORDER]
+
+
 def _vrmse_rows(heads: list[str], columns: list[dict[str, Any]]) -> list[str]:
     """Header and one VRMSE row per method present in any column (a cell or a noise entry)."""
     out = ["| method | " + " | ".join(heads) + " |", "|---" * (len(columns) + 1) + "|"]
-    for m in ORDER:
-        if any(m in c["methods"] for c in columns):
-            out.append(f"| {LABELS[m]} | " + " | ".join(_pm(c["methods"].get(m)) for c in columns) + " |")
+    for m in _present(columns):
+        out.append(f"| {_label(m)} | " + " | ".join(_pm(c["methods"].get(m)) for c in columns) + " |")
     return out
 
 
@@ -85,9 +97,7 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
                "where measured, CRPS in field units; `cal` = after `calibrate_reconstruction`):\n")
     out.append("| method | " + " | ".join(heads) + " |")
     out.append("|---" * (len(cells) + 1) + "|")
-    for m in ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging"):
-        if not any(m in c["methods"] for c in cells):
-            continue
+    for m in _present(cells, ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging")):
         row = []
         for c in cells:
             d = c["methods"].get(m)
@@ -96,7 +106,7 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
                         if d and "coverage_90_quantile" in d else "")
             row.append("–" if not d else f"{_m(d, 'coverage_50')} / {_m(d, 'coverage_90')}{quantile}, "
                        f"{_m(d, 'crps', 3)}")
-        out.append(f"| {LABELS[m]} | " + " | ".join(row) + " |")
+        out.append(f"| {_label(m)} | " + " | ".join(row) + " |")
         if any("coverage_90_cal" in c["methods"].get(m, {}) for c in cells):
             row = []
             for c in cells:
@@ -104,14 +114,14 @@ def main_table(name: str, cells: list[dict[str, Any]]) -> list[str]:
                 row.append("–" if not d or "coverage_90_cal" not in d else
                            f"{_m(d, 'coverage_50_cal')} / {_m(d, 'coverage_90_cal')}, {_m(d, 'crps_cal', 3)} "
                            f"(τ {_m(d, 'temperature', 1)})")
-            out.append(f"| {LABELS[m]} cal | " + " | ".join(row) + " |")
+            out.append(f"| {_label(m)} cal | " + " | ".join(row) + " |")
     out.append("")
     out.extend(multivariate_table(name, cells, heads))
     secs = []
-    for m in ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear"):
+    for m in _present(cells, ("mmps", "mpdps", "mpdps_fitted", "dps", "gp", "kriging", "linear")):
         vals = [c["methods"][m]["seconds"]["mean"] for c in cells if m in c["methods"] and "seconds" in c["methods"][m]]
         if vals:
-            secs.append(f"{LABELS[m].strip('*')} {sum(vals) / len(vals):.1f} s")
+            secs.append(f"{_label(m).strip('*')} {sum(vals) / len(vals):.1f} s")
     if secs:
         out.append("Seconds per reconstruction (mean over cells, compilation included once per shape): "
                    + ", ".join(secs) + ".\n")
