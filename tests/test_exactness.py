@@ -131,6 +131,14 @@ def test_warm_started_cg_continues_from_its_guess():
     _, warm = _pcg(op, lambda r: r, b, 1, near)
     _, cold = _pcg(op, lambda r: r, b, 1)
     assert np.linalg.norm(np.asarray(warm) - exact) < 0.5 * np.linalg.norm(np.asarray(cold) - exact)
+    # a guess worse than zero (the quadratic model higher there) is dropped: the cold start's result
+    tv_bad, bad = _pcg(op, lambda r: r, b, 1, jnp.asarray(-3.0 * exact, jnp.float32))
+    np.testing.assert_allclose(np.asarray(bad), np.asarray(cold), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(tv_bad), 2 * np.asarray(cold), rtol=1e-5)
+    # ... and so is one along which the operator has negative curvature (a learned Jacobian's)
+    flip = lambda v: (v - 3.0 * v, -2.0 * v)  # noqa: E731
+    _, neg = _pcg(flip, lambda r: r, b, 1, near)
+    np.testing.assert_allclose(np.asarray(neg), np.asarray(_pcg(flip, lambda r: r, b, 1)[1]), rtol=1e-6)
     with pytest.raises(InputError, match="warm_start"):
         MomentMatching(warm_start=1)
 
