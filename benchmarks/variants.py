@@ -2,7 +2,7 @@
 
 A name is tokens joined by `_`: first the rule, `mmps` (moment matching, no messages), `dps` or
 `mpdps` (the paper's samplers, `fisher` guidance unless `ref` or `through` follows); then any of
-`cgK` (CG iterations, MMPS), `plain` (MMPS without the preconditioner), `aK` (at most K
+`cgK` (CG iterations, MMPS), `warm` (CG warm-started from the previous solve), `plain` (MMPS without the preconditioner), `aK` (at most K
 preconditioner anchors along the prior's spectrum; default 1, isotropic), `msg` (MMPS plus MPDPS's
 messages), `sN` (sampler steps), `lanK` (K Langevin corrector steps), `tauX` (corrector step),
 `churnX` (EDM S_churn), `infer` (σ inferred). Example: `mmps_cg3_s10_lan1_tau0.2`.
@@ -24,7 +24,7 @@ def parse_variant(name: str, **fixed: Any) -> GuidedConfig:
     if rule not in ("mmps", "dps", "mpdps"):
         raise bad_input("variant", "a name starting with mmps, dps or mpdps", name)
     kw: dict[str, Any] = {"method": "dps" if rule == "mmps" else rule, "guidance": "mmps" if rule == "mmps" else "fisher"}
-    cg, precondition, anchors, lan, tau = 3, True, 1, 0, 0.1
+    cg, precondition, anchors, lan, tau, warm = 3, True, 1, 0, 0.1, False
     for opt in opts:
         if opt == "fisher":
             kw["guidance"] = "fisher"
@@ -34,6 +34,8 @@ def parse_variant(name: str, **fixed: Any) -> GuidedConfig:
             kw["through_denoiser"] = True
         elif opt == "plain":
             precondition = False
+        elif opt == "warm":
+            warm = True
         elif opt == "msg":
             kw["method"] = "mpdps"
         elif opt.startswith("cg"):
@@ -51,9 +53,9 @@ def parse_variant(name: str, **fixed: Any) -> GuidedConfig:
         elif opt.startswith("s") and opt[1:].isdigit():
             kw["num_steps"] = int(opt[1:])
         else:
-            raise bad_input("variant", "tokens fisher, ref, through, plain, msg, infer, cgK, aK, sN, lanK, tauX, churnX", opt)
+            raise bad_input("variant", "tokens fisher, ref, through, plain, warm, msg, infer, cgK, aK, sN, lanK, tauX, churnX", opt)
     if kw["guidance"] == "mmps":
-        kw["guidance"] = MomentMatching(cg_steps=cg, precondition=precondition, anchors=anchors)
+        kw["guidance"] = MomentMatching(cg_steps=cg, precondition=precondition, anchors=anchors, warm_start=warm)
     if lan:
         kw["corrector"] = LangevinCorrector(steps=lan, tau=tau)
     return GuidedConfig(**{**kw, **fixed})

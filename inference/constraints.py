@@ -9,6 +9,8 @@ model error of std `scale` (and an optional `weight`, a precision multiplier):
   `(M, I_1, .., I_K)` (physical units), their physical times `(M,)` and grid coordinates
   (K arrays) — the analyst's own physics.
 - `Bounds(lo, hi, scale)`: soft range, zero inside `[lo, hi]`, linear distance outside.
+- `Monotone(axis, increasing, scale)`: soft monotonicity along one space axis (e.g. density
+  increasing with depth), the violating part of each neighbouring difference.
 - `Dynamics(step_fn, dt, scale)`: weak-constraint consistency `frame(t_{j+1}) ≈ Φ_Δt(frame(t_j))`
   for a differentiable JAX solver step `step_fn(frame, dt) -> frame`; a gap `t_{j+1} − t_j` is
   `round(gap / dt)` solver steps (irregular gaps work; a gap below `dt / 2` is zero steps).
@@ -39,7 +41,7 @@ from jaxtyping import Array, ArrayLike, Float
 from sdift_prob.errors import InputError, bad_input
 from sdift_prob.ftm.tucker import basis_matrices
 
-__all__ = ["Constraint", "Residual", "Bounds", "Dynamics", "FieldDecoder", "log_potential", "constraint_factor",
+__all__ = ["Constraint", "Residual", "Bounds", "Monotone", "Dynamics", "FieldDecoder", "log_potential", "constraint_factor",
            "bind_constraints"]
 
 
@@ -133,6 +135,13 @@ class Constraint(eqx.Module):
         """This constraint checked against example frames `(M, I..)`, the concrete times `(M,)`
         and grid coordinates it will see, with whatever it precomputes from them (e.g. solver steps per gap)."""
         return self
+
+    @property
+    def one_sided(self) -> bool:
+        """True for inequality constraints (residual zero on a whole region, e.g. `Bounds`,
+        `Monotone`): the moment-matching rule applies them by a local Gauss-Newton step instead
+        of through the Tweedie covariance (`inference.guided`)."""
+        return False
 
     @property
     def precision(self) -> float:
@@ -252,6 +261,10 @@ class Bounds(Constraint):
             if bad:
                 raise bad_input("lo/hi", "lo <= hi", "lo > hi somewhere")
 
+    @property
+    def one_sided(self) -> bool:
+        return True
+
     def residual(self, frames: Array, times: Array, coords: tuple[Array, ...]) -> Array:
         r = jnp.zeros_like(frames)
         if self.lo is not None:
@@ -275,6 +288,56 @@ class Bounds(Constraint):
             return None if b is None else (float(b) if np.ndim(b) == 0 else f"array {tuple(np.shape(b))}")
 
         return {**super().to_dict(), "lo": show(self.lo), "hi": show(self.hi)}
+
+
+class Monotone(Constraint):
+    """Soft monotonicity of each frame along space axis `axis` (0-based over the frame's space
+    dims, in the decoder's order): with `increasing=True` the field should not decrease as the
+    axis' *coordinate* grows (the grid may run either way). Residual: the violating part of each
+    neighbouring difference, `min(±(f[i+1] − f[i]), 0)`, zero where the order holds, with std
+    `scale` (field units per grid step)."""
+
+    axis: int = eqx.field(static=True)
+    increasing: bool = eqx.field(static=True, default=True)
+    scale: float = eqx.field(static=True, default=1.0)
+    weight: float = eqx.field(static=True, default=1.0)
+    # +1 / −1: the grid's coordinate order along `axis` (set by `bind`; None before)
+    direction: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self) -> None:
+        if isinstance(self.axis, bool) or not isinstance(self.axis, (int, np.integer)) or self.axis < 0:
+            raise bad_input("axis", "a space axis index >= 0 (the decoder's dims order)", self.axis)
+        if not isinstance(self.increasing, bool):
+            raise bad_input("increasing", "a bool", self.increasing)
+        _check_common(self)
+
+    @property
+    def one_sided(self) -> bool:
+        return True
+
+    def residual(self, frames: Array, times: Array, coords: tuple[Array, ...]) -> Array:
+        c = self if self.direction is not None else self._oriented(frames.ndim - 1, coords)
+        sign = c.direction if self.increasing else -c.direction
+        return jnp.minimum(sign * jnp.diff(frames, axis=1 + self.axis), 0.0)
+
+    def _oriented(self, n_axes: int, coords: tuple[Array, ...]) -> Monotone:
+        if self.axis >= n_axes:
+            raise bad_input("axis", f"a space axis index < {n_axes} (the frames' space dims)", self.axis)
+        if len(coords) != n_axes:  # no coordinates given: the grid's index order
+            return dataclasses.replace(self, direction=1)
+        c = np.asarray(coords[self.axis], dtype=np.float64)
+        if c.size < 2:
+            raise bad_input("axis", "a space axis with at least 2 grid points", f"{c.size} point(s)")
+        steps = np.diff(c)
+        if not ((steps > 0).all() or (steps < 0).all()):
+            raise bad_input("axis", "an axis whose grid coordinate is strictly monotone", c)
+        return dataclasses.replace(self, direction=1 if steps[0] > 0 else -1)
+
+    def bind(self, frames: Array, times: np.ndarray, coords: tuple[Array, ...] = ()) -> Monotone:
+        return self._oriented(frames.ndim - 1, coords)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "axis": int(self.axis), "increasing": self.increasing}
 
 
 class Dynamics(Constraint):
@@ -387,11 +450,11 @@ def bind_constraints(constraints: Any, decoder: Any, times: ArrayLike, core_shap
     if constraints is None:
         return ()
     if isinstance(constraints, Constraint) or not isinstance(constraints, (list, tuple)):
-        raise bad_input("constraints", "a list or tuple of Constraint objects (Residual, Bounds, Dynamics)",
+        raise bad_input("constraints", "a list or tuple of Constraint objects (Residual, Bounds, Monotone, Dynamics)",
                         type(constraints).__name__)
     for i, c in enumerate(constraints):
         if not isinstance(c, Constraint):
-            raise bad_input(f"constraints[{i}]", "a Constraint (Residual, Bounds, Dynamics)", type(c).__name__)
+            raise bad_input(f"constraints[{i}]", "a Constraint (Residual, Bounds, Monotone, Dynamics)", type(c).__name__)
     active = tuple(c for c in constraints if float(c.weight) > 0)
     if not active:
         return ()
