@@ -356,6 +356,31 @@ def _fit_tau(inside: np.ndarray, select: np.ndarray, temps: Sequence[float],
     return int(np.argmax(ok)), True
 
 
+def _coverage_table(stages: tuple[np.ndarray, ...], subsets: dict[str, np.ndarray], level_grid: tuple[float, ...],
+                    method: str, n_draws: int, n_folds: int) -> Any:
+    """`KFoldCalibration.coverage`: the share of held-out values inside the intervals, per stage
+    (before, in-fold, out-of-fold; each `(L, N)` booleans), subset of points and level."""
+    import xarray as xr
+
+    table = np.full((len(STAGES), len(SUBSETS), len(level_grid)), np.nan)
+    n_points = []
+    for j, name in enumerate(SUBSETS):
+        sel = subsets[name]
+        n_points.append(int(sel.sum()))
+        if sel.any():
+            for i, stage in enumerate(stages):
+                table[i, j] = stage[:, sel].mean(axis=1)
+    return xr.DataArray(
+        table, dims=("stage", "subset", "level"),
+        coords={"stage": list(STAGES), "subset": list(SUBSETS), "level": list(level_grid),
+                "n_points": ("subset", n_points)},
+        name="coverage",
+        attrs={"method": method, "n_draws": n_draws, "n_folds": n_folds,
+               "description": "held-out coverage of the observed values by predictive intervals "
+                              "(field tempered, noise not)"},
+    )
+
+
 def calibrate_folds(
     key: PRNGKeyArray,
     predictions: FoldPredictions,
@@ -391,8 +416,6 @@ def calibrate_folds(
 
     **Returns:** `KFoldCalibration`.
     """
-    import xarray as xr
-
     check_key(key)
     if not isinstance(predictions, FoldPredictions):
         raise bad_input("predictions", "a FoldPredictions from predict_folds", type(predictions).__name__)
@@ -418,23 +441,7 @@ def calibrate_folds(
         p.observed, p.field, noise, (1.0,), level_grid, method)[0]
     in_fold = inside[i_all]
     out_fold = inside[i_folds[p.fold], :, np.arange(p.fold.size)].T  # (L, N): each point at its fold's τ
-    table = np.full((len(STAGES), len(SUBSETS), len(level_grid)), np.nan)
-    n_points = []
-    for j, name in enumerate(SUBSETS):
-        sel = subsets[name]
-        n_points.append(int(sel.sum()))
-        if sel.any():
-            for i, stage in enumerate((before, in_fold, out_fold)):
-                table[i, j] = stage[:, sel].mean(axis=1)
-    coverage = xr.DataArray(
-        table, dims=("stage", "subset", "level"),
-        coords={"stage": list(STAGES), "subset": list(SUBSETS), "level": list(level_grid),
-                "n_points": ("subset", n_points)},
-        name="coverage",
-        attrs={"method": method, "n_draws": p.num_draws, "n_folds": k,
-               "description": "held-out coverage of the observed values by predictive intervals "
-                              "(field tempered, noise not)"},
-    )
+    coverage = _coverage_table((before, in_fold, out_fold), subsets, level_grid, method, p.num_draws, k)
     return KFoldCalibration(
         temperature=float(temp_grid[i_all]),
         temperature_folds=np.asarray([temp_grid[i] for i in i_folds], dtype=np.float64),

@@ -85,6 +85,28 @@ def apply_temperature(
 
 
 # -- tempering a whole posterior -----------------------------------------------------------------
+def _check_temper_args(idata: Any, tau: Any, log_lik_fn: Any) -> None:
+    """The arguments of `temper_posterior`: an untempered InferenceData, a finite τ > 0, a callable or None."""
+    _check_idata(idata)
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.number)) or not (0 < tau < np.inf):
+        raise bad_input("tau", "a finite temperature > 0", tau)
+    if "tempering" in idata.posterior.attrs:
+        raise bad_input("idata", "an untempered posterior (temper the original with the product of the two tau)",
+                        idata.posterior.attrs["tempering"])
+    if log_lik_fn is not None and not callable(log_lik_fn):
+        raise bad_input("log_lik_fn", "a callable f (chain, draw, N) -> log-likelihood (chain, draw, N), or None",
+                        log_lik_fn)
+
+
+def _stamp_tempering(out: Any, info: str) -> None:
+    """Every group's attrs get `tempering` (JSON), listed among the JSON-encoded attrs."""
+    for group in out.groups():
+        attrs = out[group].attrs
+        attrs["tempering"] = info
+        encoded = set(json.loads(attrs.get("json_attrs", "[]")))
+        attrs["json_attrs"] = json.dumps(sorted(encoded | {"tempering"}))
+
+
 def temper_posterior(
     idata: az.InferenceData,
     tau: float,
@@ -113,15 +135,7 @@ def temper_posterior(
     **Returns:** a new InferenceData (the input is not changed). A posterior that was tempered
     already is refused (temper the original with the product of the two τ).
     """
-    _check_idata(idata)
-    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.number)) or not (0 < tau < np.inf):
-        raise bad_input("tau", "a finite temperature > 0", tau)
-    if "tempering" in idata.posterior.attrs:
-        raise bad_input("idata", "an untempered posterior (temper the original with the product of the two tau)",
-                        idata.posterior.attrs["tempering"])
-    if log_lik_fn is not None and not callable(log_lik_fn):
-        raise bad_input("log_lik_fn", "a callable f (chain, draw, N) -> log-likelihood (chain, draw, N), or None",
-                        log_lik_fn)
+    _check_temper_args(idata, tau, log_lik_fn)
     out = idata.copy()
     tempered, removed = [], []
     for name in ("field", "cores"):
@@ -166,9 +180,5 @@ def temper_posterior(
         unchanged.append("posterior.sigma")
     info = json.dumps({"tau": float(tau), "tempered": tempered, "removed": removed, "unchanged": unchanged},
                       sort_keys=True)
-    for group in out.groups():
-        attrs = out[group].attrs
-        attrs["tempering"] = info
-        encoded = set(json.loads(attrs.get("json_attrs", "[]")))
-        attrs["json_attrs"] = json.dumps(sorted(encoded | {"tempering"}))
+    _stamp_tempering(out, info)
     return out
