@@ -17,13 +17,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from inference.guided import union_times
-from inference.reconstruct import _pad_slots, open_run
+from inference.reconstruct import open_run, prepare_problem
 from inference.sigma_marginal import sigma_posterior
 from sdift_prob import pretrained
 from sdift_prob.data import load_fields, sample_observations, select_trajectory
-from sdift_prob.ftm import design_rows
-from sdift_prob.gp import gram_float64
 from sdift_prob.io import write_json
 
 
@@ -37,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     bundle = pretrained.path("ocean")
     run = open_run(bundle / "run")
-    ftm, nz = run.ftm, run.ftm.normalizer
+    nz = run.ftm.normalizer
     truth = select_trajectory(load_fields(bundle / "test_trajectory.nc"), 0)
     std = float(np.std(truth.values))
     rep_error = run.representation_error[0]
@@ -50,16 +47,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 noise = frac * std
                 obs = sample_observations(jax.random.key(100 + r), truth, rho=args.rho, setting=setting,
                                           noise_scale=noise)
-                grid_times, _, _ = union_times(np.asarray(ftm.times), obs.time_stamps())
-                padded = _pad_slots(obs.to_padded(grid_times))
-                M, P = padded.mask.shape
-                centre = 0.5 * (np.asarray(ftm.model.domain_lo) + np.asarray(ftm.model.domain_hi))
-                coords = np.where(padded.mask[..., None], np.asarray(padded.coords, np.float64), centre)
-                design = np.asarray(design_rows(ftm.model, coords.reshape(-1, coords.shape[-1]))).reshape(M, P, -1)
-                gram = gram_float64(run.gp_params.kernel, run.normalise_time(grid_times))
-                post = sigma_posterior(jax.random.key(r), design, np.asarray(nz.forward(np.asarray(padded.values))),
-                                       padded.mask, gram + run.gp_params.jitter * np.eye(M), *run.core_moments,
-                                       representation_error=rep_error)
+                # the same padded observations, design rows and time Gram as `reconstruct`
+                problem = prepare_problem(run, obs, sigma="infer")
+                post = sigma_posterior(jax.random.key(r), problem.design, problem.padded.values, problem.mask,
+                                       problem.time_gram(run), *run.core_moments, representation_error=rep_error)
                 lo, med, hi = post.quantile([0.05, 0.5, 0.95]) * float(nz.std)
                 rows.append({"sigma_true": noise, "lo": lo, "median": med, "hi": hi,
                              "covers": bool(lo <= noise <= hi)})

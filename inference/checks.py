@@ -20,25 +20,24 @@ Multivariate proper scores over whole frames (energy and variogram score, `scori
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-import pandas as pd
 import xarray as xr
 from jaxtyping import PRNGKeyArray
 from scipy import stats
-from scipy.special import logsumexp
 
-from sdift_prob.errors import NumericalError, bad_input
+from sdift_prob.errors import bad_input
 from sdift_prob.validation import check_count, check_key
 
-from . import report
-from .calibrate import FoldPredictions
+from . import scores
+from .elpd import KFoldELPD as KFoldELPD  # K-fold elpd and model comparison: `inference.elpd`
+from .elpd import compare_elpd as compare_elpd
+from .elpd import elpd as elpd
+from .elpd import kfold_elpd as kfold_elpd
 
 __all__ = [
     "KFoldELPD",
@@ -78,9 +77,9 @@ def _replicates(replicates: Any, n_replicates: Any, key: Any) -> list[tuple[Any,
 
 def _truth_and_draws(truth: Any, idata: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
     try:
-        field = report._field(idata)
-        u = report._truth_array(field, truth)
-        draws = report._draws(field)
+        field = scores._field(idata)
+        u = scores._truth_array(field, truth)
+        draws = scores._draws(field)
     except Exception as exc:
         raise type(exc)(f"replicates[{index}]: {exc}") from exc
     return u, draws
@@ -166,8 +165,8 @@ def replicate_checks(
     pairs = _replicates(replicates, n_replicates, key)
     key = jax.random.key(0) if key is None else key
     check_key(key)
-    report._check_method(method)
-    lv = report._check_levels(levels)
+    scores._check_method(method)
+    lv = scores._check_levels(levels)
     check_count(n_bins, "n_bins", minimum=2)
     cov = np.empty((len(pairs), len(lv)))
     crps = np.empty(len(pairs))
@@ -175,10 +174,10 @@ def replicate_checks(
     for i, (truth, idata) in enumerate(pairs):
         u, draws = _truth_and_draws(truth, idata, i)
         n_draws.add(int(draws.shape[0]))
-        c = report.coverage(idata, truth, lv, method=method)
+        c = scores.coverage(idata, truth, lv, method=method)
         cov[i] = [c[level] for level in lv]
-        crps[i] = report.crps(idata, truth)
-        pits.append(report.pit(idata, truth, key=jax.random.fold_in(key, i)).values.ravel())
+        crps[i] = scores.crps(idata, truth)
+        pits.append(scores.pit(idata, truth, key=jax.random.fold_in(key, i)).values.ravel())
     width = max(p.size for p in pits)
     pit = np.full((len(pairs), width), np.nan)
     for i, p in enumerate(pits):
@@ -431,102 +430,3 @@ def prior_predictive_check(
     return ds
 
 
-# -- K-fold cross-validated elpd -------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, eq=False)
-class KFoldELPD:
-    """K-fold cross-validated expected log predictive density of the observations.
-
-    **Fields:** `elpd` (sum over observations of `log mean_s p(y_i | draw s of the reconstruction
-    without i's fold)`), `se` (`sqrt(N var(elpd_i))`), `pointwise` DataArray `elpd_i (obs_id)`,
-    `n_folds`, `n_draws`, `likelihood`.
-    """
-
-    elpd: float
-    se: float
-    pointwise: xr.DataArray
-    n_folds: int
-    n_draws: int
-    likelihood: str
-
-    def __repr__(self) -> str:
-        return (f"KFoldELPD(elpd={self.elpd:.2f}, se={self.se:.2f}, n={self.pointwise.size}, "
-                f"n_folds={self.n_folds}, n_draws={self.n_draws}, likelihood={self.likelihood!r})")
-
-
-def kfold_elpd(predictions: FoldPredictions) -> KFoldELPD:
-    """K-fold cross-validated elpd from `inference.calibrate.predict_folds`' held-out predictions.
-
-    Each observation is scored by the reconstruction that did not see it: `elpd_i = log (1/S) Σ_s
-    p(y_i | θ_s^(−fold(i)))`, a Monte Carlo estimate of the log predictive density (biased low by
-    O(1/S) per point: compare models at the same draw count). Unlike PSIS-LOO it needs no importance
-    weights, so it works at 8-32 draws where every Pareto k is large; it costs K reconstructions.
-
-    **What it can detect:** which observation model / prior predicts held-out observations better
-    (a difference several `dse` of `compare_elpd` is meaningful). **What it cannot:** it scores
-    observations (noise included), not the field, so a model whose field is over-confident but whose
-    noise level absorbs the error can still score well; the held-out reconstructions see (K−1)/K of
-    the data, so the figure is slightly pessimistic for the full-data fit.
-    """
-    if not isinstance(predictions, FoldPredictions):
-        raise bad_input("predictions", "a FoldPredictions from inference.calibrate.predict_folds",
-                        type(predictions).__name__)
-    ll = predictions.log_lik
-    if not np.isfinite(ll).all():
-        raise bad_input("predictions", "finite log_lik", f"{int((~np.isfinite(ll)).sum())} non-finite entries")
-    s = ll.shape[0]
-    point = logsumexp(ll, axis=0) - math.log(s)
-    n = point.size
-    return KFoldELPD(
-        elpd=float(point.sum()), se=float(math.sqrt(n * point.var())) if n > 1 else math.nan,
-        pointwise=xr.DataArray(point, dims=("obs_id",), coords={"obs_id": np.arange(n),
-                                                                "fold": ("obs_id", predictions.fold)},
-                               name="elpd_kfold"),
-        n_folds=predictions.n_folds, n_draws=s, likelihood=predictions.likelihood,
-    )
-
-
-def compare_elpd(results: Mapping[str, KFoldELPD]) -> pd.DataFrame:
-    """Rank models by K-fold elpd (higher is better): columns `elpd`, `se`, `elpd_diff` (to the best),
-    `dse` (standard error of the pointwise difference: `sqrt(N var(elpd_i − elpd_best,i))`),
-    `n_folds`, `n_draws`. All models must score the same observations."""
-    if not isinstance(results, Mapping) or len(results) < 1 or not all(
-            isinstance(k, str) and isinstance(v, KFoldELPD) for k, v in results.items()):
-        raise bad_input("results", "a non-empty dict name -> KFoldELPD", type(results).__name__)
-    sizes = {v.pointwise.size for v in results.values()}
-    if len(sizes) != 1:
-        raise bad_input("results", "results over the same observations", f"sizes {sorted(sizes)}")
-    best = max(results, key=lambda k: results[k].elpd)
-    rows = {}
-    for name, r in results.items():
-        d = r.pointwise.values - results[best].pointwise.values
-        rows[name] = {"elpd": r.elpd, "se": r.se, "elpd_diff": float(d.sum()),
-                      "dse": float(math.sqrt(d.size * d.var())), "n_folds": r.n_folds, "n_draws": r.n_draws}
-    return pd.DataFrame(rows).T.sort_values("elpd", ascending=False)
-
-
-def elpd(idata: Any, predictions: FoldPredictions | None = None, *, var_name: str = "y",
-         k_threshold: float = report.LOO_K_THRESHOLD,
-         max_bad_fraction: float = report.LOO_MAX_BAD_FRACTION) -> tuple[str, Any]:
-    """PSIS-LOO when its Pareto-k gate passes, K-fold otherwise.
-
-    **Returns:** `("psis-loo", ELPDData)` when at most `max_bad_fraction` of the observations have
-    k > `k_threshold`; else, with a `report.UnreliableLOOWarning` saying so, `("kfold",
-    kfold_elpd(predictions))` when `predictions` (from `predict_folds` on the same observations) are
-    given, and a `NumericalError` naming the count when they are not.
-    """
-    result = report.loo(idata, var_name=var_name, k_threshold=k_threshold, max_bad_fraction=max_bad_fraction,
-                        on_unreliable="ignore")
-    if result["loo_reliable"]:
-        return "psis-loo", result
-    n, n_bad = len(result["pareto_k"]), result["n_bad_k"]
-    if predictions is None:
-        raise NumericalError(f"elpd: PSIS-LOO is unreliable (Pareto k > {k_threshold:g} at {n_bad} of {n} "
-                             "observations) and no K-fold predictions were given: pass predictions="
-                             "inference.calibrate.predict_folds(...)")
-    if not isinstance(predictions, FoldPredictions) or predictions.fold.size != n:
-        raise bad_input("predictions", f"FoldPredictions over the same {n} observations",
-                        getattr(getattr(predictions, "fold", None), "size", type(predictions).__name__))
-    warnings.warn(f"PSIS-LOO is unreliable (Pareto k > {k_threshold:g} at {n_bad} of {n} observations); "
-                  f"using the {predictions.n_folds}-fold cross-validated elpd instead",
-                  report.UnreliableLOOWarning, stacklevel=2)
-    return "kfold", kfold_elpd(predictions)

@@ -12,6 +12,13 @@ draws by pathwise conditioning (Matheron's rule) `w + C Aᵀ S⁻¹ (y - A w - �
 `w ~ N(m, C)`, `ε ~ N(0, R)`. Otherwise it works in whitened **parameter space**
 (`W = m + L_C u`, precision `I + Bᵀ R⁻¹ B`, `B = A L_C`, an `M·D`-square matrix). Both use only
 Cholesky factorisations and triangular solves, in float64 NumPy.
+
+`gp_temporal_prior` (site `"cores"`, a `KroneckerTimeNormal`) is the reference NumPyro model of the
+`gp` sampler: `sample_conjugate` with a run's `GPPriorParams` draws from exactly that model (same
+kernel, per-entry mean and scale, jitter) conditioned on Gaussian observations through the design
+rows (`tests/test_models.py::test_gp_sampler_posterior_is_the_conditioned_gp_temporal_prior`). The
+sampler does not trace the model: it solves the same Gaussian in closed form instead, which NUTS or
+SVI on the model (with `models.observation.observation_model`) would only approximate.
 """
 
 from __future__ import annotations
@@ -143,6 +150,10 @@ def gp_temporal_prior(
     jitter: float = 1e-5,
 ) -> Float[Array, "M *R"]:
     """NumPyro model: the core sequence as independent GPs over time, one per core entry.
+
+    The reference model of the `gp` sampler (see the module docstring): with
+    `GPPriorParams(kernel, core_mean, core_scale, jitter)` conditioned on Gaussian observations it
+    is the posterior `conjugate_posterior` / `sample_conjugate` compute in closed form.
 
     Site `"cores"` of shape `(M, R1..RK)` with `vec(W) ~ N(mean, K_t ⊗ diag(core_scale²))`,
     `K_t = kernel.gram(times)` plus relative jitter (`sdift_prob.gp.time_cholesky`).

@@ -138,6 +138,25 @@ def resolve_likelihood(
     return lik
 
 
+def _check_sigma_argument(lik: Likelihood, sigma: Any, M: int, P: int) -> None:
+    """`sigma` of `observation_model` by kind and shape: None where the likelihood has no σ, else
+    None, "metadata", or a number / array broadcastable to `(M, P)` (values are checked later)."""
+    if not lik.has_sigma and sigma is not None:
+        raise bad_input("sigma", f"None for likelihood={lik.name!r} (it has no noise scale sigma)", sigma)
+    if isinstance(sigma, str) and sigma != "metadata":
+        raise bad_input(
+            "sigma", "None, a positive number, a positive array broadcastable to (M, P), or 'metadata'", sigma
+        )
+    if sigma is not None and not isinstance(sigma, str):
+        sshape = jnp.shape(sigma)
+        try:
+            if jnp.broadcast_shapes(sshape, (M, P)) != (M, P):
+                raise ValueError
+        except ValueError:
+            expected = f"a scalar or an array broadcastable to (M={M}, P={P})"
+            raise bad_input("sigma", expected, f"shape {sshape}") from None
+
+
 def check_observation_inputs(
     cores: Float[ArrayLike, "M *R"],
     design: Float[ArrayLike, "M P D"],
@@ -177,20 +196,7 @@ def check_observation_inputs(
         raise bad_input("padded.mask", "a boolean array", getattr(mask, "dtype", mask))
     if not _scalar_ok(sigma_prior_scale):
         raise bad_input("sigma_prior_scale", "a positive finite number", sigma_prior_scale)
-    if not lik.has_sigma and sigma is not None:
-        raise bad_input("sigma", f"None for likelihood={lik.name!r} (it has no noise scale sigma)", sigma)
-    if isinstance(sigma, str) and sigma != "metadata":
-        raise bad_input(
-            "sigma", "None, a positive number, a positive array broadcastable to (M, P), or 'metadata'", sigma
-        )
-    if sigma is not None and not isinstance(sigma, str):
-        sshape = jnp.shape(sigma)
-        try:
-            if jnp.broadcast_shapes(sshape, (M, P)) != (M, P):
-                raise ValueError
-        except ValueError:
-            expected = f"a scalar or an array broadcastable to (M={M}, P={P})"
-            raise bad_input("sigma", expected, f"shape {sshape}") from None
+    _check_sigma_argument(lik, sigma, M, P)
 
     if _is_traced(padded):
         return

@@ -6,6 +6,14 @@ offers sampling (the diffusion sampler) and the score; `log_prob` raises. For po
 sampling use the guided samplers in `inference/` (DPS, MPDPS); for an exact `log p` of the
 learned prior (evaluation only) integrate the probability-flow ODE.
 
+Its role: the trained prior's score at any noise level, in FTM core units and with the GP-correlated
+noise of GPSD undone (`score`, `preconditioned_score`), from the denoiser through Tweedie's formula,
+for checks and for user code that needs `∇ log p_σ` (a custom sampler, a Langevin corrector, a
+score-matching diagnostic), plus unconditional draws (`sample`). It is not a NumPyro factor: a
+diffusion prior has no tractable density, so `log_prob` raises a `NotImplementedError` that says why,
+instead of returning a number NUTS or SVI could silently use. `reconstruct` does not go through this
+class; its guided samplers call the same denoiser directly (`inference.guided`).
+
 Noise convention of GPSD: `x_σ = x₀ + σ ε` with `ε = L z` GP-correlated over time
 (`L Lᵀ = K_noise`, identity over core entries). Tweedie's formula then reads
 `D(x; σ) = x + σ² (K_noise ⊗ I) ∇ log p_σ(x)`, so

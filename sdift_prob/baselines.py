@@ -297,6 +297,31 @@ def _unwrap_float(x: Any) -> float:
 _KRIGING_STARTS = ((0.2, 0.3), (0.5, 0.5), (1.0, 1.0))
 
 
+def _fit_hyperparameters(kernel: str, n_dims: int, data_fit: Any, max_iters: int) -> tuple[Any, float]:
+    """`(fitted GPJax posterior model, its log marginal likelihood)` by L-BFGS from the first of
+    `_KRIGING_STARTS` that ends finite (call under `jax.enable_x64`)."""
+    # L-BFGS can step into a region where the Cholesky factorisation fails (seen with heavy-
+    # tailed Laplace noise): the fit is then restarted from a smoother, noisier start; the
+    # first start that ends with a finite marginal likelihood is kept.
+    model, lml = None, -math.inf
+    for init_ls, init_noise in _KRIGING_STARTS:
+        prior = gpx.gps.Prior(mean_function=gpx.mean_functions.Constant(),
+                              kernel=_product_kernel(kernel, n_dims, np.full(n_dims, init_ls), 1.0))
+        fitted, history = gpx.fit_scipy(
+            model=prior * gpx.likelihoods.Gaussian(obs_stddev=init_noise),
+            objective=lambda m, d: -gpx.objectives.conjugate_mll(m, d), train_data=data_fit,
+            max_iters=int(max_iters), verbose=False,
+        )
+        value = -float(np.asarray(history)[-1])
+        if math.isfinite(value):
+            model, lml = fitted, value
+            break
+    if model is None:
+        raise InputError("obs: the kriging marginal likelihood is not finite from any starting point; "
+                         "check the observation values")
+    return model, lml
+
+
 def fit_kriging(
     obs: ObservationSet,
     *,
@@ -345,25 +370,7 @@ def fit_kriging(
 
     with jax.enable_x64(True):
         data_fit = gpx.Dataset(X=jnp.asarray(x[fit_idx]), y=jnp.asarray(y[fit_idx, None]))
-        # L-BFGS can step into a region where the Cholesky factorisation fails (seen with heavy-
-        # tailed Laplace noise): the fit is then restarted from a smoother, noisier start; the
-        # first start that ends with a finite marginal likelihood is kept.
-        model, lml = None, -math.inf
-        for init_ls, init_noise in _KRIGING_STARTS:
-            prior = gpx.gps.Prior(mean_function=gpx.mean_functions.Constant(),
-                                  kernel=_product_kernel(kernel, n_dims, np.full(n_dims, init_ls), 1.0))
-            fitted, history = gpx.fit_scipy(
-                model=prior * gpx.likelihoods.Gaussian(obs_stddev=init_noise),
-                objective=lambda m, d: -gpx.objectives.conjugate_mll(m, d), train_data=data_fit,
-                max_iters=int(max_iters), verbose=False,
-            )
-            value = -float(np.asarray(history)[-1])
-            if math.isfinite(value):
-                model, lml = fitted, value
-                break
-        if model is None:
-            raise InputError("obs: the kriging marginal likelihood is not finite from any starting point; "
-                             "check the observation values")
+        model, lml = _fit_hyperparameters(kernel, n_dims, data_fit, max_iters)
         data = gpx.Dataset(X=jnp.asarray(x), y=jnp.asarray(y[:, None]))
         if n <= max_exact:
             posterior = model.condition(data)

@@ -330,6 +330,65 @@ def test_nuts_on_gp_prior_and_gaussian_likelihood_agrees_with_conjugate_posterio
     np.testing.assert_allclose(samples.var(0), var, rtol=0.3)
 
 
+def _condition_model(params, times, design, padded, sigma):
+    """Mean and covariance of `gp_temporal_prior` (the NumPyro model, its own loc and Cholesky
+    factor) conditioned on `y = A vec(W) + eps`, `eps ~ N(0, sigma² I)`: dense Gaussian
+    conditioning, no code shared with `models.gp_prior`'s conjugate solver."""
+    with jax.enable_x64(True):
+        tr = numpyro.handlers.trace(numpyro.handlers.seed(gp_temporal_prior, 0)).get_trace(
+            times, params.core_shape, params.kernel, params.core_mean, params.core_scale, jitter=params.jitter
+        )
+        fn = tr["cores"]["fn"]
+        loc = np.asarray(fn.loc, dtype=np.float64).reshape(-1)
+        L = np.asarray(fn.time_chol, dtype=np.float64)
+        scale = np.asarray(fn.entry_scale, dtype=np.float64).reshape(-1)
+    C = np.kron(L @ L.T, np.diag(scale**2))
+    M, P, D = design.shape
+    m = valid(padded)
+    rows, y = [], []
+    for t in range(M):
+        for p in range(P):
+            if m[t, p]:
+                row = np.zeros(M * D)
+                row[t * D:(t + 1) * D] = design[t, p]
+                rows.append(row)
+                y.append(padded.values[t, p])
+    A, y = np.array(rows), np.array(y)
+    S = A @ C @ A.T + sigma**2 * np.eye(len(y))
+    gain = np.linalg.solve(S, A @ C).T
+    return loc + gain @ (y - A @ loc), C - gain @ A @ C
+
+
+def test_gp_sampler_posterior_is_the_conditioned_gp_temporal_prior():
+    """`gp_temporal_prior` is the reference NumPyro model of `sampler="gp"`: the conjugate
+    posterior the sampler draws from (`ConjugateGP` -> `sample_conjugate` with the run's
+    `GPPriorParams`) is that model conditioned on Gaussian observations."""
+    from types import SimpleNamespace
+
+    from inference.samplers import ConjugateGP
+    from models.likelihoods import Gaussian
+
+    _, design, padded = make_problem(seed=6)
+    times = np.array([0.0, 0.3, 1.0])
+    params = GPPriorParams(KERNEL, MEAN, SCALE, jitter=1e-4)
+    sigma = 0.3
+    mean, cov = _condition_model(params, times, design, padded, sigma)
+    with jax.enable_x64(True):
+        for method in ("observation", "parameter"):
+            post = conjugate_posterior(params, design, padded, sigma, times, method=method)
+            np.testing.assert_allclose(np.asarray(post.mean).reshape(-1), mean, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(np.asarray(post.variance).reshape(-1), np.diag(cov), rtol=1e-7, atol=1e-10)
+        n = 4000
+        run = SimpleNamespace(gp_params=params)
+        problem = SimpleNamespace(likelihood=Gaussian(), sigma_y=sigma, conditioned=True, design=design,
+                                  padded=padded, times_norm=times)
+        out = ConjugateGP().sample(jax.random.key(3), run, problem, n)
+    flat = np.asarray(out.cores, dtype=np.float64).reshape(n, -1)
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(flat.mean(0) - mean) < 5 * sd / np.sqrt(n))
+    np.testing.assert_allclose(np.cov(flat.T), cov, atol=5 * np.sqrt(2 / n) * np.diag(cov).max())
+
+
 def test_gp_prior_params_from_training_cores_recover_the_generator():
     rng = np.random.default_rng(0)
     t = np.linspace(0, 1, 20)

@@ -17,6 +17,7 @@ import reliability_helpers as rh
 from inference.reconstruct import Run, _noise_source, reconstruct
 from inference.report import posterior_attrs
 from models.likelihoods import Gaussian, PoissonExcess
+from models.noise_models import as_noise
 from inference.summary import run_summary, summary_text
 from sdift_prob import cli
 from sdift_prob.data.fields import assign_split, save_fields
@@ -75,13 +76,17 @@ def test_summary_says_when_nothing_was_conditioned_on(tiny):
 
 def test_noise_source_says_where_the_level_came_from(tiny):
     obs = ObservationSet.load(tiny["obs_file"])
-    assert _noise_source(obs, None, Gaussian(), True, False)["source"] == "per point"
-    assert _noise_source(obs, "metadata", Gaussian(), True, False)["reason"].startswith("sigma='metadata'")
-    assert _noise_source(obs, "infer", Gaussian(), True, True) == {"source": "inferred", "reason": "sigma='infer'"}
-    unknown = _noise_source(obs.subset(np.ones(obs.n_points, bool)), None, Gaussian(), True, True)
-    assert unknown["reason"] == "sigma not given and obs.noise_scale unknown (NaN) for every point"
-    assert _noise_source(obs, 0.3, Gaussian(), True, False)["source"] == "given"
-    assert _noise_source(obs, None, PoissonExcess(0.0, 1.0), True, False)["source"] == "poisson"
+    def source(sigma, o=obs, likelihood=Gaussian()):
+        return _noise_source(as_noise(sigma, o), likelihood, True)
+
+    assert source(None)["source"] == "per point"
+    assert source("metadata")["reason"].startswith("sigma='metadata'")
+    assert source("infer") == {"source": "inferred", "reason": "sigma='infer'"}
+    unknown = ObservationSet(value=obs.value, time=obs.time, coords=obs.coords, space_dims=obs.space_dims,
+                             noise_scale=np.full(obs.n_points, np.nan), noise_model=obs.noise_model, attrs=obs.attrs)
+    assert source(None, unknown)["reason"] == "sigma not given and obs.noise_scale unknown (NaN) for every point"
+    assert source(0.3)["source"] == "given"
+    assert source(None, likelihood=PoissonExcess(0.0, 1.0))["source"] == "poisson"
 
 
 def test_cli_prints_the_summary_on_stderr_and_json_on_request(tiny, capsys):

@@ -14,13 +14,13 @@ import reliability_helpers as rh
 from inference.reconstruct import (
     DEFAULT_MAX_ABS_ZSCORE,
     Run,
-    _noise_setting,
     memory_estimate,
     open_run,
     reconstruct,
     units_hint,
 )
 from inference.report import posterior_attrs
+from models.noise_models import Fixed, Inferred, as_noise
 from sdift_prob import cli
 from sdift_prob.data.observations import ObservationSet
 from sdift_prob.errors import InputError, UntestedSettingWarning
@@ -141,27 +141,24 @@ def test_five_nan_noise_levels_among_many_are_an_error_not_inferred_noise(tiny):
     noise = obs.noise_scale.copy()
     noise[[3, 10, 20, 30, 40]] = np.nan
     partial = _with(obs, noise_scale=noise)
-    std = tiny["run"].ftm.normalizer.std
-    for sampler in ("mmps", "gp"):
-        with pytest.raises(InputError, match=r"^obs.noise_scale: .*sigma='infer'.*5 of 59 entries missing \(NaN\)"):
-            _noise_setting(partial, None, std, sampler)
+    with pytest.raises(InputError, match=r"^obs.noise_scale: .*sigma='infer'.*5 of 59 entries missing \(NaN\)"):
+        as_noise(None, partial)
     with pytest.raises(InputError, match=r"obs.noise_scale: .*5 of 59 entries missing"):
         reconstruct(tiny["run"], partial, key=jax.random.key(0), sampler="gp")
     # An explicit choice is taken as it is.
-    assert _noise_setting(partial, "infer", std, "mmps") == (None, True)
-    assert _noise_setting(partial, 0.5, std, "gp") == (0.5 / std, False)
+    assert isinstance(as_noise("infer", partial), Inferred)
+    assert as_noise(0.5, partial) == Fixed(sigma=0.5, reason="sigma=0.5 given (physical units)")
     # All unknown stays the documented "noise unknown": inferred.
-    assert _noise_setting(_with(obs, noise_scale=None), None, std, "mmps") == (None, True)
+    assert isinstance(as_noise(None, _with(obs, noise_scale=None)), Inferred)
 
 
 def test_zero_noise_scale_is_refused_like_a_tiny_one(tiny):
     """Issue 16: noise_scale = 0 was read as unknown (inferred noise) while 1e-9 was refused."""
     obs = _with(tiny["obs"], noise_scale=np.zeros(tiny["obs"].n_points))
-    std = tiny["run"].ftm.normalizer.std
     with pytest.raises(InputError, match=r"^obs.noise_scale: expected positive noise stds .*"
                                          r"59 of 59 entries equal to 0"):
-        _noise_setting(obs, None, std, "mmps")
-    assert _noise_setting(obs, 0.1, std, "mmps") == (0.1 / std, False)
+        as_noise(None, obs)
+    assert as_noise(0.1, obs).sigma == 0.1
     with pytest.raises(InputError, match="obs.noise_scale"):
         reconstruct(tiny["run"], obs, key=jax.random.key(0), sampler="gp")
 
