@@ -29,6 +29,7 @@ from .ocean_grid import _KM_PER_DAY_PER_M_S, _KM_PER_DEG_LAT, _KM_PER_DEG_LON_EQ
 from .ocean_grid import OceanGrid as OceanGrid  # the grid and the parameters have their own modules
 from .ocean_grid import ocean_grid as ocean_grid
 from .ocean_parameters import OceanParameters as OceanParameters
+from .ocean_parameters import check_draw_settings
 from .ocean_parameters import draw_ocean_parameters as draw_ocean_parameters
 
 SIMULATOR = "ocean"
@@ -224,15 +225,7 @@ def simulate_ocean(
     n_test = resolve_n_test(n_test, n_trajectories)
     grid = ocean_grid(nlat, nlon, ndepth, nt, dt_days=dt_days, lat_range=lat_range, lon_range=lon_range,
                       max_depth=max_depth, depth_stretch=depth_stretch)
-    try:
-        e_lo, e_hi = n_eddies
-    except (TypeError, ValueError) as exc:
-        raise bad_input("n_eddies", "a pair (min, max) of ints", n_eddies) from exc
-    e_lo = check_int("n_eddies[0]", e_lo, minimum=0)
-    e_hi = check_int("n_eddies[1]", e_hi, minimum=e_lo)
-    check_int("n_internal_waves", n_internal_waves, minimum=0)
-    check_range("noise_heave_m", noise_heave_m, lo=0.0)
-    check_range("noise_length_km", noise_length_km, lo=0.0, lo_open=True)
+    e_lo, e_hi = check_draw_settings(n_eddies, n_internal_waves, noise_heave_m, noise_length_km)
     variables = check_choice("variables", variables, tuple(VARIABLES))
 
     out = {name: np.empty((n_trajectories, *(grid.time.size, grid.lat.size, grid.lon.size, grid.depth.size)),

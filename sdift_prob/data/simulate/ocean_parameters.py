@@ -78,6 +78,22 @@ class OceanParameters:
     noise_heave: np.ndarray
 
 
+def check_draw_settings(n_eddies: Sequence[int], n_internal_waves: int, noise_heave_m: float,
+                        noise_length_km: float) -> tuple[int, int]:
+    """The settings of `draw_ocean_parameters` checked (also by `simulate_ocean`, before any
+    work); returns `n_eddies` as `(min, max)` ints."""
+    try:
+        e_lo, e_hi = n_eddies
+    except (TypeError, ValueError) as exc:
+        raise bad_input("n_eddies", "a pair (min, max) of ints", n_eddies) from exc
+    e_lo = check_int("n_eddies[0]", e_lo, minimum=0)
+    e_hi = check_int("n_eddies[1]", e_hi, minimum=e_lo)
+    check_int("n_internal_waves", n_internal_waves, minimum=0)
+    check_range("noise_heave_m", noise_heave_m, lo=0.0)
+    check_range("noise_length_km", noise_length_km, lo=0.0, lo_open=True)
+    return e_lo, e_hi
+
+
 def draw_ocean_parameters(
     rng: np.random.Generator,
     grid: OceanGrid,
@@ -106,15 +122,7 @@ def draw_ocean_parameters(
         raise bad_input("rng", "a numpy.random.Generator", type(rng).__name__)
     if not isinstance(grid, OceanGrid):
         raise bad_input("grid", "an OceanGrid (from ocean_grid)", type(grid).__name__)
-    try:
-        e_lo, e_hi = n_eddies
-    except (TypeError, ValueError) as exc:
-        raise bad_input("n_eddies", "a pair (min, max) of ints", n_eddies) from exc
-    e_lo = check_int("n_eddies[0]", e_lo, minimum=0)
-    e_hi = check_int("n_eddies[1]", e_hi, minimum=e_lo)
-    check_int("n_internal_waves", n_internal_waves, minimum=0)
-    check_range("noise_heave_m", noise_heave_m, lo=0.0)
-    check_range("noise_length_km", noise_length_km, lo=0.0, lo_open=True)
+    e_lo, e_hi = check_draw_settings(n_eddies, n_internal_waves, noise_heave_m, noise_length_km)
     lat_span = float(grid.lat[-1] - grid.lat[0])
     lon_span = float(grid.lon[-1] - grid.lon[0])
     u = rng.uniform
