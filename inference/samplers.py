@@ -64,16 +64,18 @@ def sampler_config(sampler: str, config: GuidedConfig | None = None) -> GuidedCo
         raise bad_input("config.method", f"the default or {sampler!r}: it contradicts sampler={sampler!r} (pass "
                         "the sampler you mean, or leave config.method at its default)", config.method)
     return dataclasses.replace(config, method=sampler)
+
+
 def _active_constraints(constraints: Any) -> list[Any]:
     """The constraints with a positive weight (checked to be `Constraint` objects)."""
     if constraints is None:
         return []
     if isinstance(constraints, Constraint) or not isinstance(constraints, (list, tuple)):
         raise bad_input("constraints", "a list of Constraint objects (inference.constraints: Residual, Bounds, "
-                        "Dynamics)", type(constraints).__name__)
+                        "Monotone, Dynamics)", type(constraints).__name__)
     for i, c in enumerate(constraints):
         if not isinstance(c, Constraint):
-            raise bad_input(f"constraints[{i}]", "a Constraint (Residual, Bounds, Dynamics)", type(c).__name__)
+            raise bad_input(f"constraints[{i}]", "a Constraint (Residual, Bounds, Monotone, Dynamics)", type(c).__name__)
     return [c for c in constraints if float(c.weight) > 0]
 
 
