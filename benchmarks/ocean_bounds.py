@@ -37,12 +37,15 @@ def training_range(run: Any) -> tuple[np.ndarray, np.ndarray, str]:
     """Per-depth min and max (physical units) of the decoded training cores, shaped to broadcast
     against a frame `(I_1, .., I_K)`, and the name of the depth dim."""
     decoder = FieldDecoder.from_ftm(run.ftm.model, run.ftm.grids, run.ftm.normalizer)
-    frames = np.concatenate([np.asarray(decoder(jnp.asarray(c))) for c in np.asarray(run.ftm.cores)])
     dims = run.space_dims
     depth = dims.index("depth")
-    others = tuple(a + 1 for a in range(len(dims)) if a != depth)
-    lo = frames.min(axis=(0, *others))
-    hi = frames.max(axis=(0, *others))
+    others = tuple(a + 1 for a in range(len(dims)) if a != depth)  # time and the horizontal axes
+    lo = hi = None
+    for cores in np.asarray(run.ftm.cores):  # one trajectory decoded at a time: a running min and max
+        frames = np.asarray(decoder(jnp.asarray(cores)))
+        t_lo, t_hi = frames.min(axis=(0, *others)), frames.max(axis=(0, *others))
+        lo = t_lo if lo is None else np.minimum(lo, t_lo)
+        hi = t_hi if hi is None else np.maximum(hi, t_hi)
     shape = [1] * len(dims)
     shape[depth] = -1
     return lo.reshape(shape), hi.reshape(shape), dims[depth]
@@ -59,8 +62,6 @@ def measure(run: Any, obs: Any, truth: Any, *, draws: int, sigma: Any, constrain
     out = {k: ev[k] for k in ("vrmse", "coverage_90", "coverage_90_quantile", "crps", "n_draws") if k in ev}
     out.update(out_of_range_fraction=float(np.mean((below > 0) | (above > 0))),
                max_excursion=float(max(below.max(), above.max())), seconds=seconds)
-    truth_vals = truth.transpose("time", *run.space_dims).values
-    out["truth_out_of_range_fraction"] = float(np.mean((truth_vals < lo) | (truth_vals > hi)))
     return out
 
 
@@ -81,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, Any] = {"draws": args.draws, "scale": args.scale, "range_from": "decoded training cores",
                                "range_lo": lo.ravel().tolist(), "range_hi": hi.ravel().tolist(),
                                "depth_dim": depth_dim, "cells": {}}
+    truth_vals = truth.transpose("time", *run.space_dims).values
+    results["truth_out_of_range_fraction"] = float(np.mean((truth_vals < lo) | (truth_vals > hi)))
     for setting in args.settings:
         obs = sample_observations(jax.random.key(setting), truth, rho=0.01, setting=setting, noise="gaussian",
                                   noise_scale=0.1 * run.ftm.normalizer.std)
